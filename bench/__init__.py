@@ -1,0 +1,1 @@
+"""Benchmarks (never tests): `make bench` runs bench.proxybench; see bench/run.sh."""

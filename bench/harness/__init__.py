@@ -1,0 +1,1 @@
+"""Building blocks of the benchmarks: child processes, servers, load generators, report."""

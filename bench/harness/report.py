@@ -1,0 +1,316 @@
+"""Targets, PASS/FAIL verdicts and the Markdown report of a proxy benchmark run.
+
+`results` is the plain dict proxybench builds (and saves as JSON); a measurement that could not be
+taken is {"error": message} in place of its numbers and is reported as not measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ADDED_AVERAGE_MS_MAX = 1.5
+ADDED_P99_MS_MAX = 4.0
+# Latency measured while a proxy falls behind the offered rate says little: it must keep up too.
+ACHIEVED_RATE_MIN_VS_DIRECT = 0.95
+THROUGHPUT_MIN_VS_NGINX = 0.40
+SCALE_MIN_VS_BASE = 0.90
+RSS_MAX_MB = 100.0  # MB = 10^6 bytes
+
+PATH_LABELS = {"direct": "direct", "nginx": "nginx-proxy", "inferfront": "inferfront"}
+
+Results = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Check:
+    section: str
+    row: str
+    target: str
+    verdict: str  # PASS, FAIL or NOT MEASURED
+    detail: str = ""
+
+
+def build_report(results: Results) -> tuple[str, list[dict[str, str]]]:
+    """The Markdown report and the list of target checks (as dicts, for the JSON file)."""
+    checks: list[Check] = []
+    parts = [
+        _header(results),
+        _closed_loop_section(results, checks),
+        _open_loop_section(results, checks),
+        _scale_section(results, checks),
+        _memory_section(results, checks),
+    ]
+    parts.append(_summary(checks, results.get("errors", [])))
+    markdown = "\n\n".join(part for part in parts if part) + "\n"
+    return markdown, [asdict(check) for check in checks]
+
+
+def _header(results: Results) -> str:
+    meta, settings = results["meta"], results["settings"]
+    load = meta.get("loadavg_start", "?")
+    lines = [
+        f"# inferfront proxy benchmark, {meta['started_utc']}",
+        "",
+        f"{meta['cpus']} CPUs, load average {load} at start; commit {meta.get('commit') or '?'}; "
+        f"{'quick' if settings['quick'] else 'full'} run, {settings['duration_s']} s per "
+        "measurement. Everything on 127.0.0.1; the model is nginx answering a 17-byte JSON body; "
+        "each proxy is one process (nginx: one worker) and the load generator shares the cores. "
+        "The machine is noisy: read the ratios and the added latency, not absolute figures.",
+    ]
+    versions = meta.get("versions", {})
+    if versions:
+        lines += ["", "Tools: " + "; ".join(f"{name} {text}" for name, text in versions.items())]
+    return "\n".join(lines)
+
+
+def _closed_loop_section(results: Results, checks: list[Check]) -> str:
+    measured = results.get("closed_loop", {})
+    if not measured:
+        return ""
+    settings = results["settings"]
+    nginx_rate = _rate(measured.get("nginx"))
+    rows = []
+    for path, result in measured.items():
+        label = PATH_LABELS[path]
+        if "error" in result:
+            rows.append([label, "-", "-", "-", "-", "NOT MEASURED: " + _first_line(result)])
+            if path == "inferfront":
+                checks.append(Check("closed loop", label, _throughput_target(), "NOT MEASURED"))
+            continue
+        ratio = result["requests_per_s"] / nginx_rate if nginx_rate else None
+        target, verdict = "-", "-"
+        if path == "inferfront":
+            target = _throughput_target()
+            verdict = _closed_loop_verdict(result, ratio)
+            checks.append(Check("closed loop", label, target, verdict, _fmt_ratio(ratio)))
+        elif result["errors"]:
+            verdict = f"{result['errors']} errors"
+        rows.append(
+            [
+                label,
+                f"{result['requests_per_s']:,.0f}",
+                _fmt_ratio(ratio),
+                str(result["errors"]),
+                target,
+                verdict,
+            ]
+        )
+    title = (
+        f"## Closed loop: wrk -t1 -c{settings['wrk_connections']} -d{settings['duration_s']}s, "
+        "POST 20-byte JSON"
+    )
+    header = ["path", "requests/s", "vs nginx-proxy", "errors", "target", "result"]
+    return title + "\n\n" + _table(header, rows, numeric_columns={1, 2, 3})
+
+
+def _throughput_target() -> str:
+    return f">= {THROUGHPUT_MIN_VS_NGINX:.0%} of nginx-proxy"
+
+
+def _closed_loop_verdict(result: Mapping[str, Any], ratio: float | None) -> str:
+    if result["errors"]:
+        return f"FAIL ({result['errors']} errors)"
+    if ratio is None:
+        return "NOT MEASURED (no nginx-proxy run to compare with)"
+    return "PASS" if ratio >= THROUGHPUT_MIN_VS_NGINX else "FAIL"
+
+
+def _open_loop_section(results: Results, checks: list[Check]) -> str:
+    measured = results.get("open_loop", {})
+    if not measured:
+        return ""
+    settings = results["settings"]
+    direct = measured.get("direct")
+    direct = None if direct is None or "error" in direct else direct
+    target = (
+        f"added <= {ADDED_AVERAGE_MS_MAX} ms avg, <= {ADDED_P99_MS_MAX:g} ms p99, "
+        f"rate >= {ACHIEVED_RATE_MIN_VS_DIRECT:.0%} of direct"
+    )
+    rows = []
+    for path, result in measured.items():
+        label = PATH_LABELS[path]
+        if "error" in result:
+            rows.append([label, *["-"] * 6, "NOT MEASURED: " + _first_line(result)])
+            if path == "inferfront":
+                checks.append(Check("open loop", label, target, "NOT MEASURED"))
+            continue
+        added_avg = result["average_ms"] - direct["average_ms"] if direct else None
+        added_p99 = result["p99_ms"] - direct["p99_ms"] if direct else None
+        row_target, verdict = "-", "-"
+        if path == "inferfront":
+            row_target = target
+            verdict = _open_loop_verdict(result, direct, added_avg, added_p99)
+            detail = f"added {_fmt_ms(added_avg)} avg, {_fmt_ms(added_p99)} p99"
+            checks.append(Check("open loop", label, target, verdict, detail))
+        elif result["non_2xx"]:
+            verdict = f"{result['non_2xx']} non-2xx"
+        rows.append(
+            [
+                label,
+                f"{result['achieved_rate']:,.0f}",
+                f"{result['average_ms']:.2f}",
+                f"{result['p99_ms']:.2f}",
+                _fmt_ms(added_avg),
+                _fmt_ms(added_p99),
+                row_target,
+                verdict,
+            ]
+        )
+    rate = settings["hey_workers"] * settings["hey_rate_per_worker"]
+    title = (
+        f"## Open loop at {rate:,}/s: hey -z {settings['duration_s']}s "
+        f"-c {settings['hey_workers']} -q {settings['hey_rate_per_worker']}, POST 20-byte JSON"
+    )
+    header = [
+        "path",
+        "achieved/s",
+        "average ms",
+        "p99 ms",
+        "added avg ms",
+        "added p99 ms",
+        "target",
+        "result",
+    ]
+    return title + "\n\n" + _table(header, rows, numeric_columns={1, 2, 3, 4, 5})
+
+
+def _open_loop_verdict(
+    result: Mapping[str, Any],
+    direct: Mapping[str, Any] | None,
+    added_avg: float | None,
+    added_p99: float | None,
+) -> str:
+    if result["non_2xx"]:
+        return f"FAIL ({result['non_2xx']} non-2xx)"
+    if direct is None or added_avg is None or added_p99 is None:
+        return "NOT MEASURED (no direct run to compare with)"
+    failures = []
+    if added_avg > ADDED_AVERAGE_MS_MAX:
+        failures.append("average")
+    if added_p99 > ADDED_P99_MS_MAX:
+        failures.append("p99")
+    if result["achieved_rate"] < ACHIEVED_RATE_MIN_VS_DIRECT * direct["achieved_rate"]:
+        failures.append("fell behind the rate")
+    return "PASS" if not failures else "FAIL (" + ", ".join(failures) + ")"
+
+
+def _scale_section(results: Results, checks: list[Check]) -> str:
+    scale = results.get("scale")
+    if not scale:
+        return ""
+    target = f">= {SCALE_MIN_VS_BASE:.0%} of base"
+    if "error" in scale:
+        checks.append(Check("scale", "all rows", target, "NOT MEASURED", _first_line(scale)))
+        return "## Scale: inferfront closed loop\n\nNOT MEASURED: " + scale["error"]
+    base_rate = scale.get("base_requests_per_s")
+    rows = []
+    for row in scale["rows"]:
+        label, result = row["label"], row["result"]
+        if "error" in result:
+            rows.append([label, "-", "-", "-", "NOT MEASURED: " + _first_line(result)])
+            if not row["is_base"]:
+                checks.append(Check("scale", label, target, "NOT MEASURED"))
+            continue
+        ratio = result["requests_per_s"] / base_rate if base_rate else None
+        row_target, verdict = "-", "-"
+        if not row["is_base"]:
+            row_target = target
+            verdict = _scale_verdict(result, ratio)
+            checks.append(Check("scale", label, target, verdict, _fmt_ratio(ratio)))
+        elif result["errors"]:
+            verdict = f"{result['errors']} errors"
+        rows.append(
+            [label, f"{result['requests_per_s']:,.0f}", _fmt_ratio(ratio), row_target, verdict]
+        )
+    title = (
+        "## Scale: inferfront closed loop (wrk as above), against 1 replica and 1 endpoint\n\n"
+        "Base = mean of the base runs. Replica rows: one endpoint whose deployment lists N model "
+        "addresses (one nginx listening on N ports). Endpoint rows: N endpoints, one replica each, "
+        "requests spread over them round robin."
+    )
+    header = ["configuration", "requests/s", "vs base", "target", "result"]
+    return title + "\n\n" + _table(header, rows, numeric_columns={1, 2})
+
+
+def _scale_verdict(result: Mapping[str, Any], ratio: float | None) -> str:
+    if result["errors"]:
+        return f"FAIL ({result['errors']} errors)"
+    if ratio is None:
+        return "NOT MEASURED (no base run)"
+    return "PASS" if ratio >= SCALE_MIN_VS_BASE else "FAIL"
+
+
+def _memory_section(results: Results, checks: list[Check]) -> str:
+    memory = results.get("memory")
+    if not memory:
+        return ""
+    connections = results["settings"]["idle_connections"]
+    row = f"{connections:,} idle keep-alive connections"
+    target = f"<= {RSS_MAX_MB:g} MB"
+    title = "## Memory: inferfront RSS (process and its children, /proc VmRSS)"
+    if "error" in memory:
+        checks.append(Check("memory", row, target, "NOT MEASURED", _first_line(memory)))
+        return f"{title}\n\nNOT MEASURED: {memory['error']}"
+    loaded_mb = memory["loaded_rss_kib"] * 1024 / 1e6
+    verdict = "PASS" if loaded_mb <= RSS_MAX_MB else "FAIL"
+    if memory["opened"] < connections:
+        verdict = f"FAIL (only {memory['opened']:,} opened: {memory['first_error']})"
+    checks.append(Check("memory", row, target, verdict, f"{loaded_mb:.1f} MB"))
+    rows = [
+        [
+            "idle, after one request",
+            f"{memory['idle_rss_kib'] * 1024 / 1e6:.1f}",
+            str(memory["idle_fds"]),
+            "-",
+            "-",
+        ],
+        [row, f"{loaded_mb:.1f}", str(memory["loaded_fds"]), target, verdict],
+    ]
+    per_connection = (memory["loaded_rss_kib"] - memory["idle_rss_kib"]) * 1024
+    note = (
+        f"About {per_connection / max(1, memory['opened']) / 1e3:.1f} kB per connection; each "
+        "connection sent one request and then stayed open and idle. Open fds = the router's open "
+        "file descriptors at the time of the reading (shows the connections were still held)."
+    )
+    header = ["state", "RSS MB", "open fds", "target", "result"]
+    return f"{title}\n\n{_table(header, rows, numeric_columns={1, 2})}\n\n{note}"
+
+
+def _summary(checks: list[Check], errors: list[str]) -> str:
+    counts = {verdict: 0 for verdict in ("PASS", "FAIL", "NOT MEASURED")}
+    for check in checks:
+        counts[check.verdict.split(" (")[0]] += 1
+    lines = [
+        "## Summary",
+        "",
+        f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['NOT MEASURED']} not measured.",
+    ]
+    lines += [f"- harness error: {_first_line({'error': error})}" for error in errors]
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]], numeric_columns: set[int]) -> str:
+    align = ["---:" if index in numeric_columns else "---" for index in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _rate(result: Mapping[str, Any] | None) -> float | None:
+    if not result or "error" in result:
+        return None
+    return result["requests_per_s"]
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def _first_line(result: Mapping[str, Any]) -> str:
+    return str(result["error"]).splitlines()[0][:300]

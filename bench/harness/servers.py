@@ -1,0 +1,197 @@
+"""The servers a proxy benchmark runs: nginx as the stand-in model and as the reference proxy, and
+the inferfront router under test. Each is started through `Children` and is ready on return."""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from bench.harness.procs import Child, Children, HarnessError, wait_until
+
+BENCH_DIR = Path(__file__).resolve().parents[1]
+NGINX_TEMPLATES = BENCH_DIR / "nginx"
+MODEL_BODY = b'{"ok":true,"n":1}'
+REQUEST_BODY = b'{"data":[1,2,3,4,5]}'  # 20 bytes, as in the reference measurements
+ENDPOINT_PATH = "/api/v1/endpoint/{name}/score"
+DEPLOYMENT_NAME = "blue"  # names need 3-32 characters
+
+
+def find_executable(name: str, extra_dirs: Sequence[str] = ("/usr/sbin", "/usr/local/sbin")) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in extra_dirs:
+        candidate = Path(directory) / name
+        if candidate.is_file():
+            return str(candidate)
+    raise HarnessError(f"`{name}` is not installed: run `make bench` (bench/run.sh installs it)")
+
+
+def post(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """One POST of the benchmark body on a fresh connection: (status, response body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        connection.request("POST", path, REQUEST_BODY, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def check_answers_like_the_model(port: int, path: str) -> None:
+    """Raise unless `path` on `port` returns the model's answer: a proxy that answers 404 or 503
+    quickly would otherwise look fast."""
+    try:
+        status, body = post(port, path)
+    except OSError as error:
+        raise HarnessError(f"POST 127.0.0.1:{port}{path} failed: {error}") from error
+    if status != 200 or body != MODEL_BODY:
+        raise HarnessError(
+            f"POST 127.0.0.1:{port}{path} answered {status} {body[:200]!r}, "
+            f"expected 200 {MODEL_BODY!r}"
+        )
+
+
+def _answers(port: int, path: str) -> bool:
+    try:
+        return post(port, path, timeout_s=1.0) == (200, MODEL_BODY)
+    except OSError:
+        return False
+
+
+def _exited(child: Child) -> str | None:
+    if child.running():
+        return None
+    tail = child.log_tail()
+    last_line = next((line for line in reversed(tail.splitlines()) if line.strip()), "no output")
+    # The last line first, where a one-line summary will show it; the tail for the JSON and log.
+    return f"exited with code {child.popen.returncode}: {last_line}\nlast output:\n{tail}"
+
+
+def _render(template_name: str, values: dict[str, str]) -> str:
+    # {{NAME}} placeholders: nginx's own $variables must pass through untouched.
+    text = (NGINX_TEMPLATES / template_name).read_text()
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    if "{{" in text:
+        raise HarnessError(f"{template_name}: unfilled placeholder left")
+    return text
+
+
+def _start_nginx(
+    children: Children, name: str, workdir: Path, template: str, values: dict[str, str]
+) -> Child:
+    home = workdir / name
+    home.mkdir(parents=True, exist_ok=True)
+    common = {"PID_FILE": str(home / "nginx.pid"), "ERROR_LOG": str(home / "error.log")}
+    config = home / "nginx.conf"
+    config.write_text(_render(template, {**common, "TEMP_DIR": str(home), **values}))
+    argv = [find_executable("nginx"), "-p", str(home), "-e", str(home / "error.log")]
+    return children.start(name, [*argv, "-c", str(config)], home / "output.log")
+
+
+def _nginx_limits(open_files: int) -> dict[str, str]:
+    # The worker cannot go above the hard limit it inherits; leave room for files and listeners.
+    return {"NOFILE": str(open_files), "WORKER_CONNECTIONS": str(max(1024, open_files - 64))}
+
+
+def start_model(children: Children, workdir: Path, ports: Sequence[int], open_files: int) -> Child:
+    """nginx with one worker answering MODEL_BODY on every port in `ports` (one per replica)."""
+    listen = "\n".join(f"        listen 127.0.0.1:{port};" for port in ports)
+    values = {"LISTEN_LINES": listen, **_nginx_limits(open_files)}
+    child = _start_nginx(children, "model-nginx", workdir, "upstream.conf.template", values)
+    for port in {ports[0], ports[-1]}:
+        wait_until(
+            lambda port=port: _answers(port, "/"),
+            30,
+            f"model nginx on port {port}",
+            lambda: _exited(child),
+        )
+    return child
+
+
+def start_nginx_proxy(
+    children: Children, workdir: Path, port: int, model_port: int, open_files: int
+) -> Child:
+    """nginx with one worker proxying to the model over pooled keep-alive connections."""
+    values = {"PORT": str(port), "UPSTREAM_PORT": str(model_port), **_nginx_limits(open_files)}
+    child = _start_nginx(children, "nginx-proxy", workdir, "proxy.conf.template", values)
+    wait_until(lambda: _answers(port, "/"), 30, "nginx proxy", lambda: _exited(child))
+    return child
+
+
+def endpoint_names(count: int) -> list[str]:
+    return ["bench"] if count == 1 else [f"bench-{index}" for index in range(count)]
+
+
+def router_config(endpoints: Sequence[str], replica_ports: Sequence[int]) -> dict[str, object]:
+    """The router's YAML config: every endpoint has one deployment listing every replica port."""
+    deployment = {
+        "name": DEPLOYMENT_NAME,
+        "urls": [f"http://127.0.0.1:{port}" for port in replica_ports],
+        "request_settings": {
+            "max_concurrent_requests_per_instance": 1000,
+            "max_queued_requests": 100000,
+            "request_timeout_ms": 60000,
+            "max_queue_wait_ms": 60000,
+        },
+    }
+    return {
+        "server": {"access_log": False},
+        "endpoints": [
+            {
+                "name": name,
+                "auth_mode": "none",
+                "traffic": {DEPLOYMENT_NAME: 100},
+                "deployments": [deployment],
+            }
+            for name in endpoints
+        ],
+    }
+
+
+def start_router(
+    children: Children,
+    executable: Path,
+    workdir: Path,
+    name: str,
+    config: dict[str, object],
+    port: int,
+    admin_port: int,
+    ready_timeout_s: float = 60,
+) -> Child:
+    """One `inferfront serve` process, returned once GET /readyz on the admin port answers 200."""
+    if not executable.is_file():
+        raise HarnessError(
+            f"inferfront executable not found at {executable}: install the project into .venv "
+            "(`make bench` does) or pass --inferfront PATH"
+        )
+    home = workdir / name
+    home.mkdir(parents=True, exist_ok=True)
+    config_path = home / "inferfront.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = [str(executable), "serve", "-c", str(config_path)]
+    argv += ["--port", str(port), "--admin-port", str(admin_port)]
+    child = children.start(name, argv, home / "output.log")
+    wait_until(
+        lambda: _ready(admin_port),
+        ready_timeout_s,
+        f"inferfront ({name}) GET /readyz on admin port {admin_port}",
+        lambda: _exited(child),
+    )
+    return child
+
+
+def _ready(admin_port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1.0)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()

@@ -1,0 +1,481 @@
+"""`make bench`: what the router costs as a proxy, measured in one run against direct access to the
+model and against nginx as a reverse proxy (the machines are noisy: only same-run comparisons
+mean anything).
+
+    python -m bench.proxybench [--quick] [--only direct,nginx,inferfront,scale,memory]
+
+Prints a Markdown table with PASS/FAIL against the targets and saves it, with the raw numbers as
+JSON, under bench/results/. A benchmark, not a test: a FAIL is a finding, and the exit code is
+non-zero only when something could not be measured (or, with --strict, on a FAIL too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.harness import loadgen, servers
+from bench.harness.procs import (
+    Child,
+    Children,
+    HarnessError,
+    PortAllocator,
+    exit_cleanly_on_termination_signals,
+    open_fd_count,
+    process_tree,
+    raise_open_files_limit,
+    status_kib,
+)
+from bench.harness.report import build_report
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("direct", "nginx", "inferfront", "scale", "memory")
+PATHS = ("direct", "nginx", "inferfront")
+BENCH_ENDPOINT_PATH = servers.ENDPOINT_PATH.format(name="bench")
+WANTED_OPEN_FILES = 65536
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    label: str
+    replicas: int
+    endpoints: int
+    is_base: bool = False
+
+
+BASE_BEFORE = ScaleRow("1 replica, 1 endpoint", 1, 1, is_base=True)
+FULL_SCALE_ROWS = (
+    BASE_BEFORE,
+    ScaleRow("100 replicas", 100, 1),
+    ScaleRow("1,000 replicas", 1000, 1),
+    ScaleRow("1,000 endpoints", 1, 1000),
+    # Measured again at the end so that drift during the run shows and is averaged out.
+    ScaleRow("1 replica, 1 endpoint (again)", 1, 1, is_base=True),
+)
+QUICK_SCALE_ROWS = (
+    BASE_BEFORE,
+    ScaleRow("100 replicas", 100, 1),
+    ScaleRow("1,000 endpoints", 1, 1000),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    only: frozenset[str]
+    duration_s: int
+    warmup_s: int
+    inferfront: Path
+    port_base: int
+    results_dir: Path
+    strict: bool
+    scale_rows: tuple[ScaleRow, ...]
+    idle_connections: int = 10_000
+    wrk_connections: int = 32
+    hey_workers: int = 50
+    hey_rate_per_worker: int = 100
+
+    def public(self) -> dict[str, Any]:
+        """The settings as they go into the results JSON."""
+        values = asdict(self)
+        values["only"] = sorted(self.only)
+        values["inferfront"] = str(self.inferfront)
+        values["results_dir"] = str(self.results_dir)
+        return values
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m bench.proxybench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3 s runs, fewer scale rows")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help="comma-separated subset of: " + ",".join(SECTIONS),
+    )
+    parser.add_argument("--duration", type=int, help="seconds per measurement (8, quick: 3)")
+    parser.add_argument(
+        "--inferfront",
+        type=Path,
+        default=REPO_ROOT / ".venv" / "bin" / "inferfront",
+        help="router executable (default: .venv/bin/inferfront)",
+    )
+    parser.add_argument("--port-base", type=int, default=20000, help="first port to try")
+    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--strict", action="store_true", help="exit 1 on any FAIL as well")
+    args = parser.parse_args(argv)
+    only = frozenset(name.strip() for name in args.only.split(",") if name.strip())
+    unknown = only - set(SECTIONS)
+    if unknown or not only:
+        parser.error(f"--only takes a subset of {','.join(SECTIONS)}; got {args.only!r}")
+    duration_s = args.duration or (3 if args.quick else 8)
+    return Settings(
+        quick=args.quick,
+        only=only,
+        duration_s=duration_s,
+        warmup_s=1 if args.quick else 2,
+        inferfront=args.inferfront,
+        port_base=args.port_base,
+        results_dir=args.results_dir,
+        strict=args.strict,
+        scale_rows=QUICK_SCALE_ROWS if args.quick else FULL_SCALE_ROWS,
+    )
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    """Everything one benchmark run shares: its settings, processes, ports and results."""
+
+    settings: Settings
+    children: Children
+    ports: PortAllocator
+    workdir: Path
+    open_files: int
+    results: dict[str, Any]
+    model_ports: list[int] = field(default_factory=list)
+
+    def record_error(self, message: str) -> None:
+        log("ERROR: " + message)
+        self.results["errors"].append(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_args(argv)
+    exit_cleanly_on_termination_signals()
+    # Raised here, before any server starts: children inherit the limit (10k idle connections).
+    open_files = raise_open_files_limit(WANTED_OPEN_FILES)
+    results = _new_results(settings, open_files)
+    children = Children()
+    try:
+        with tempfile.TemporaryDirectory(prefix="inferfront-bench-") as workdir:
+            run = Run(
+                settings,
+                children,
+                PortAllocator(settings.port_base),
+                Path(workdir),
+                open_files,
+                results,
+            )
+            try:
+                _run_all(run)
+            finally:
+                children.stop_all()  # before the temporary directory with their files goes
+    except KeyboardInterrupt:
+        log("interrupted: servers stopped, nothing saved")
+        return 130
+    finally:
+        children.stop_all()
+    results["meta"]["loadavg_end"] = _loadavg()
+    markdown, checks = build_report(results)
+    results["checks"] = checks
+    print(markdown)
+    _save(settings.results_dir, results, markdown)
+    return _exit_code(settings, results, checks)
+
+
+def _run_all(run: Run) -> None:
+    only = run.settings.only
+    try:
+        run.model_ports = run.ports.take(_replica_ports_needed(run.settings))
+        log(f"starting the model (nginx) on {len(run.model_ports)} port(s)")
+        servers.start_model(run.children, run.workdir, run.model_ports, run.open_files)
+    except HarnessError as error:
+        run.record_error(f"model nginx: {error}")
+        return
+    if only & set(PATHS):
+        _measure_paths(run, [path for path in PATHS if path in only])
+    if "scale" in only:
+        _measure_scale(run)
+    if "memory" in only:
+        _measure_memory(run)
+
+
+def _replica_ports_needed(settings: Settings) -> int:
+    if "scale" not in settings.only:
+        return 1
+    return max(row.replicas for row in settings.scale_rows)
+
+
+def _measure_paths(run: Run, paths: list[str]) -> None:
+    """Closed loop, then open loop, for each path; servers started once and reused by both."""
+    started: list[Child] = []
+    targets: dict[str, int] = {}
+    try:
+        for path in paths:
+            try:
+                port = _start_path(run, path, started)
+                servers.check_answers_like_the_model(port, BENCH_ENDPOINT_PATH)
+            except HarnessError as error:
+                run.record_error(f"{path}: {error}")
+                run.results["closed_loop"][path] = {"error": str(error)}
+                run.results["open_loop"][path] = {"error": str(error)}
+                continue
+            targets[path] = port
+        for path, port in targets.items():
+            run.results["closed_loop"][path] = _guarded(
+                run, f"closed loop {path}", lambda port=port: _closed_loop(run, port)
+            )
+        for path, port in targets.items():
+            run.results["open_loop"][path] = _guarded(
+                run, f"open loop {path}", lambda port=port: _open_loop(run, port)
+            )
+    finally:
+        for child in started:
+            run.children.stop(child)
+    # Keep the report's row order independent of which path failed first.
+    for section in ("closed_loop", "open_loop"):
+        measured = run.results[section]
+        run.results[section] = {path: measured[path] for path in PATHS if path in measured}
+
+
+def _start_path(run: Run, path: str, started: list[Child]) -> int:
+    """Start what serves `path` (adding it to `started`) and return the port to load."""
+    if path == "direct":
+        return run.model_ports[0]
+    port = run.ports.take_one()
+    if path == "nginx":
+        log("starting nginx as reverse proxy")
+        started.append(
+            servers.start_nginx_proxy(
+                run.children, run.workdir, port, run.model_ports[0], run.open_files
+            )
+        )
+        return port
+    log("starting inferfront")
+    config = servers.router_config(["bench"], run.model_ports[:1])
+    started.append(_start_router(run, "inferfront", config, port))
+    return port
+
+
+def _start_router(run: Run, name: str, config: dict[str, object], port: int) -> Child:
+    return servers.start_router(
+        run.children,
+        run.settings.inferfront,
+        run.workdir,
+        name,
+        config,
+        port,
+        run.ports.take_one(),
+    )
+
+
+def _guarded(run: Run, what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one measurement; a failure is recorded in its place and the run goes on."""
+    log(what)
+    try:
+        return measure()
+    except HarnessError as error:
+        run.record_error(f"{what}: {error}")
+        return {"error": str(error)}
+
+
+def _closed_loop(run: Run, port: int, paths: Sequence[str] = (BENCH_ENDPOINT_PATH,)) -> dict:
+    settings = run.settings
+    connections = settings.wrk_connections
+    # Warm-up: connection pools filled, caches and allocator arenas grown before measuring.
+    loadgen.run_wrk(port, paths, settings.warmup_s, run.workdir, connections)
+    result = loadgen.run_wrk(port, paths, settings.duration_s, run.workdir, connections)
+    log(f"  {result.requests_per_s:,.0f} requests/s, {result.errors} errors")
+    return asdict(result)
+
+
+def _open_loop(run: Run, port: int) -> dict:
+    settings = run.settings
+    result = loadgen.run_hey(
+        port,
+        BENCH_ENDPOINT_PATH,
+        settings.duration_s,
+        settings.hey_workers,
+        settings.hey_rate_per_worker,
+    )
+    log(
+        f"  {result.achieved_rate:,.0f}/s, average {result.average_ms:.2f} ms, "
+        f"p99 {result.p99_ms:.2f} ms"
+    )
+    return asdict(result)
+
+
+def _measure_scale(run: Run) -> None:
+    if not run.settings.inferfront.is_file():
+        message = f"inferfront executable not found at {run.settings.inferfront}"
+        run.record_error(f"scale: {message}")
+        run.results["scale"] = {"error": message}
+        return
+    rows = []
+    for row in run.settings.scale_rows:
+        result = _guarded(run, f"scale: {row.label}", lambda row=row: _scale_row(run, row))
+        rows.append({**asdict(row), "result": result})
+    base_rates = [
+        row["result"]["requests_per_s"]
+        for row in rows
+        if row["is_base"] and "error" not in row["result"]
+    ]
+    run.results["scale"] = {
+        "rows": rows,
+        "base_requests_per_s": sum(base_rates) / len(base_rates) if base_rates else None,
+    }
+
+
+def _scale_row(run: Run, row: ScaleRow) -> dict[str, Any]:
+    names = servers.endpoint_names(row.endpoints)
+    config = servers.router_config(names, run.model_ports[: row.replicas])
+    port = run.ports.take_one()
+    router = _start_router(run, f"inferfront-{row.replicas}r-{row.endpoints}e", config, port)
+    try:
+        paths = [servers.ENDPOINT_PATH.format(name=name) for name in names]
+        for path in {paths[0], paths[-1]}:
+            servers.check_answers_like_the_model(port, path)
+        return _closed_loop(run, port, paths)
+    finally:
+        run.children.stop(router)
+
+
+def _measure_memory(run: Run) -> None:
+    run.results["memory"] = _guarded(run, "memory", lambda: _memory(run))
+
+
+def _memory(run: Run) -> dict[str, Any]:
+    count = run.settings.idle_connections
+    if run.open_files < count + 1000:
+        raise HarnessError(
+            f"RLIMIT_NOFILE is {run.open_files}, too low for {count:,} connections "
+            "(raise the hard limit, e.g. `ulimit -Hn 65536` as root)"
+        )
+    port = run.ports.take_one()
+    config = servers.router_config(["bench"], run.model_ports[:1])
+    router = _start_router(run, "inferfront-memory", config, port)
+    try:
+        servers.check_answers_like_the_model(port, BENCH_ENDPOINT_PATH)
+        idle = _memory_reading(router.pid)
+        log(f"  idle: {idle['rss_kib'] / 1024:.1f} MiB; opening {count:,} connections")
+
+        def reading_with_connections(outcome: loadgen.IdleConnectionsOutcome) -> dict[str, Any]:
+            return {**_memory_reading(router.pid), **asdict(outcome)}
+
+        loaded = asyncio.run(
+            loadgen.with_idle_connections(
+                port, BENCH_ENDPOINT_PATH, count, reading_with_connections
+            )
+        )
+        log(f"  with {loaded['opened']:,} connections: {loaded['rss_kib'] / 1024:.1f} MiB")
+    finally:
+        run.children.stop(router)
+    return {
+        "idle_rss_kib": idle["rss_kib"],
+        "idle_fds": idle["fds"],
+        "loaded_rss_kib": loaded["rss_kib"],
+        "loaded_fds": loaded["fds"],
+        "peak_rss_kib": loaded["peak_rss_kib"],
+        "processes": loaded["processes"],
+        "opened": loaded["opened"],
+        "failed": loaded["failed"],
+        "first_error": loaded["first_error"],
+    }
+
+
+def _memory_reading(router_pid: int) -> dict[str, Any]:
+    # Summed over the router's process tree: helpers it spawns are part of its cost.
+    tree = process_tree(router_pid)
+    return {
+        "rss_kib": sum(status_kib(pid, "VmRSS") for pid in tree),
+        "peak_rss_kib": sum(status_kib(pid, "VmHWM") for pid in tree),
+        "fds": sum(open_fd_count(pid) for pid in tree),
+        "processes": len(tree),
+    }
+
+
+def _new_results(settings: Settings, open_files: int) -> dict[str, Any]:
+    return {
+        "meta": {
+            "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "cpus": os.cpu_count(),
+            "loadavg_start": _loadavg(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "commit": _git_commit(),
+            "open_files_limit": open_files,
+            "versions": _tool_versions(),
+        },
+        "settings": settings.public(),
+        "closed_loop": {},
+        "open_loop": {},
+        "errors": [],
+    }
+
+
+def _loadavg() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _command_output(argv: Sequence[str]) -> str | None:
+    try:
+        completed = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (completed.stdout + completed.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def _git_commit() -> str | None:
+    argv = ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"]
+    try:
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return completed.stdout.strip() if completed.returncode == 0 else None  # None: no commit yet
+
+
+def _tool_versions() -> dict[str, str]:
+    # First words only: "nginx version: nginx/1.22.1" -> "nginx/1.22.1", "wrk debian/4.1.0 [epoll]
+    # Copyright..." -> "debian/4.1.0"; hey has no version flag, its Debian package has one.
+    nginx = _command_output(["nginx", "-v"]) or _command_output(["/usr/sbin/nginx", "-v"])
+    wrk = _command_output(["wrk", "-v"])
+    versions = {
+        "nginx": nginx.rsplit(" ", 1)[-1] if nginx else None,
+        "wrk": wrk.split()[1] if wrk and len(wrk.split()) > 1 else None,
+        "hey": _command_output(["dpkg-query", "-W", "-f=${Version}", "hey"]),
+    }
+    return {name: text for name, text in versions.items() if text}
+
+
+def _save(results_dir: Path, results: dict[str, Any], markdown: str) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = results["meta"]["started_utc"].replace("-", "").replace(":", "")
+    outputs = {
+        f"{stamp}.md": markdown,
+        f"{stamp}.json": json.dumps(results, indent=2) + "\n",
+        "latest.md": markdown,
+    }
+    for name, text in outputs.items():
+        # Written whole then renamed: a reader never sees half a file.
+        partial = results_dir / f"{name}.tmp"
+        partial.write_text(text)
+        partial.replace(results_dir / name)
+    log(f"saved {results_dir / stamp}.md and .json, and {results_dir / 'latest.md'}")
+
+
+def _exit_code(settings: Settings, results: dict[str, Any], checks: list[dict[str, str]]) -> int:
+    # A verdict left out because its comparison path was not asked for (--only) is no error.
+    if results["errors"]:
+        return 1
+    if settings.strict and any(check["verdict"].startswith("FAIL") for check in checks):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

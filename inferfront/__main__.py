@@ -1,0 +1,5 @@
+import sys
+
+from inferfront.cli import main
+
+sys.exit(main())

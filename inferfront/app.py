@@ -1,0 +1,179 @@
+"""Wiring: configuration -> live endpoints, replica runtimes, the proxy and the admin server; and
+an orderly shutdown (stop accepting, drain, stop replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+from inferfront.admin.server import AdminServer
+from inferfront.config import Config, Deployment
+from inferfront.endpoints import DeploymentState, Endpoints
+from inferfront.proxy.server import Proxy
+from inferfront.runtime.local import LocalProcessRuntime
+from inferfront.runtime.probes import ProbeSpec
+from inferfront.runtime.static import StaticRuntime
+from inferfront.scaling.autoscaler import Autoscaler, policy_from_settings
+from inferfront.telemetry.accesslog import AccessLog
+from inferfront.telemetry.metrics import Metrics
+
+log = logging.getLogger("inferfront")
+
+
+@dataclass
+class Listen:
+    host: str
+    port: int
+    admin_host: str
+    admin_port: int
+
+
+def probe_spec(probe) -> ProbeSpec:
+    return ProbeSpec(
+        path=probe.path,
+        initial_delay=probe.initial_delay,
+        period=probe.period,
+        timeout=probe.timeout,
+        success_threshold=probe.success_threshold,
+        failure_threshold=probe.failure_threshold,
+    )
+
+
+def make_runtime(config: Deployment, state: DeploymentState, drain_timeout_s: float):
+    replica_log = logging.getLogger(f"inferfront.replica.{state.endpoint}.{state.name}")
+    readiness = probe_spec(config.readiness_probe)
+    if config.command is not None:
+        return LocalProcessRuntime(
+            f"{state.endpoint}-{state.name}",
+            config.command,
+            state,
+            env=config.env,
+            cwd=config.cwd,
+            readiness=readiness,
+            liveness=probe_spec(config.liveness_probe),
+            initial_replicas=config.initial_replicas,
+            log=replica_log,
+            drain_timeout_s=drain_timeout_s,
+        )
+    return StaticRuntime(state.name, config.addresses, state, readiness=readiness, log=replica_log)
+
+
+class Router:
+    """One router process: every configured endpoint, served on one port."""
+
+    def __init__(self, config: Config, listen: Listen) -> None:
+        self.config = config
+        self.listen = listen
+        self.endpoints = Endpoints(list(config.endpoints))
+        self.proxy: Proxy | None = None
+        self.admin: AdminServer | None = None
+        self.access_log: AccessLog | None = None
+        self._stopping = asyncio.Event()
+        self.started = asyncio.Event()
+
+    def deployments(self) -> list[DeploymentState]:
+        return list(self.endpoints.deployments())
+
+    def ready(self) -> tuple[bool, str]:
+        if self.proxy is None or self._stopping.is_set():
+            return False, "not accepting requests"
+        return True, ""
+
+    async def start(self) -> None:
+        server = self.config.server
+        drain = server.drain_timeout_s
+        for state in self.endpoints.deployments():
+            state.runtime = make_runtime(state.config, state, drain)
+        await asyncio.gather(*(s.runtime.start() for s in self.endpoints.deployments()))
+        for state in self.endpoints.deployments():
+            if state.config.autoscaled:
+                policy = policy_from_settings(state.config.scale_settings)
+                state.scaler = Autoscaler(
+                    f"{state.endpoint}/{state.name}", policy, state.table, state.runtime
+                )
+                state.scaler.start()
+        loop = asyncio.get_running_loop()
+        if server.access_log:
+            self.access_log = AccessLog(sys.stdout)
+            self.access_log.start(loop)
+        self.proxy = Proxy(
+            self.endpoints, server.limits, retries=server.retries, access_log=self.access_log
+        )
+        await self.proxy.listen(self.listen.host, self.listen.port)
+        metrics = Metrics(self.deployments, extra=self._extra_metrics)
+        self.admin = AdminServer(metrics, self.deployments, self.ready)
+        await self.admin.start(self.listen.admin_host, self.listen.admin_port)
+        self.started.set()
+
+    def _extra_metrics(self):
+        proxy = self.proxy
+        if proxy is not None:
+            yield ("open_connections", "Client connections open.", len(proxy.connections), {})
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then stop the replicas."""
+        self._stopping.set()
+        drain = self.config.server.drain_timeout_s
+        proxy = self.proxy
+        loop = asyncio.get_running_loop()
+        if proxy is not None:
+            proxy.stop_accepting()
+            proxy.close_idle()
+            deadline = loop.time() + drain
+            while proxy.busy() and loop.time() < deadline:
+                await asyncio.sleep(0.05)  # polling a count, bounded by the drain deadline
+                proxy.close_idle()
+        for state in self.endpoints.deployments():
+            if state.scaler is not None:
+                await state.scaler.stop()
+        runtimes = [s.runtime for s in self.endpoints.deployments() if s.runtime is not None]
+        await asyncio.gather(*(r.stop(drain) for r in runtimes), return_exceptions=True)
+        if proxy is not None:
+            for conn in list(proxy.connections):
+                conn._abort()
+        for state in self.endpoints.deployments():
+            state.close_pools()
+        if self.admin is not None:
+            await self.admin.close()
+        if self.access_log is not None:
+            self.access_log.close()
+
+
+async def run(config: Config, listen: Listen, announce=print) -> None:
+    router = Router(config, listen)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, router.request_stop)
+    try:
+        await router.start()
+        announce_start(router, announce)
+        await router.wait_stopped()
+        announce("inferfront: stopping (draining requests in flight)")
+    finally:
+        await router.stop()
+
+
+def announce_start(router: Router, announce) -> None:
+    listen = router.listen
+    port = router.proxy.port if router.proxy else listen.port
+    base = f"http://{listen.host}:{port}"
+    announce(
+        f"inferfront: serving on {base} (admin on http://{listen.admin_host}:{router.admin.port})"
+    )
+    for endpoint in router.endpoints.by_name.values():
+        url = f"{base}/api/v1/endpoint/{endpoint.name}/score"
+        auth = " -H 'Authorization: Bearer <key>'" if endpoint.auth_required else ""
+        announce(f"  endpoint {endpoint.name}: {url}")
+        announce(
+            f"    try: curl -s {url}{auth} -H 'Content-Type: application/json' "
+            """-d '{"data": [[5.1, 3.5, 1.4, 0.2]]}'"""
+        )

@@ -1,0 +1,124 @@
+"""Command line: `inferfront serve | check | plan`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from inferfront.config import ConfigError, load_config, summarize
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferfront", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the router")
+    serve.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    serve.add_argument("--host", help="address for requests (default from the file, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port for requests (default 8080)")
+    serve.add_argument("--admin-host", help="address for /metrics and /admin (default 127.0.0.1)")
+    serve.add_argument("--admin-port", type=int, help="admin port (default 9090)")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.set_defaults(handler=cmd_serve)
+
+    check = commands.add_parser("check", help="validate a configuration file and summarize it")
+    check.add_argument("-c", "--config", required=True)
+    check.set_defaults(handler=cmd_check)
+
+    plan = commands.add_parser("plan", help="how many replicas a load needs")
+    plan.add_argument("--rps", type=float, help="target requests per second")
+    plan.add_argument("--latency-ms", type=float, help="time to serve one request (ms)")
+    plan.add_argument("--concurrency", type=int, default=1, help="requests per replica at once")
+    plan.add_argument(
+        "--target-utilization", type=float, default=0.7, help="0..1 or percent (default 0.7)"
+    )
+    plan.add_argument("--trace", help="a request trace to plan over time (see docs)")
+    plan.add_argument("--bucket-s", type=float, default=60.0, help="trace: seconds per row")
+    plan.add_argument("--model", help="trace: model filter (ServeGen rate files)")
+    plan.set_defaults(handler=cmd_plan)
+    return parser
+
+
+def _load(path: str):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    print(summarize(config))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from inferfront.app import Listen, run
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    server = config.server
+    listen = Listen(
+        host=args.host or server.host,
+        port=server.port if args.port is None else args.port,
+        admin_host=args.admin_host or server.admin_host,
+        admin_port=server.admin_port if args.admin_port is None else args.admin_port,
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        asyncio.run(run(config, listen, announce=_announce))
+    else:
+        uvloop.run(run(config, listen, announce=_announce))
+    return 0
+
+
+def _announce(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from inferfront.scaling import planner
+
+    target = args.target_utilization
+    if target > 1:
+        target /= 100
+    if args.trace:
+        rows = planner.plan_trace(
+            args.trace,
+            bucket_s=args.bucket_s,
+            concurrency=args.concurrency,
+            target=target,
+            model=args.model,
+        )
+        print(planner.format_plan_table(rows))
+        return 0
+    if args.rps is None or args.latency_ms is None:
+        print("inferfront plan: give --rps and --latency-ms, or --trace FILE", file=sys.stderr)
+        return 2
+    _, explanation = planner.plan_replicas(
+        args.rps, args.latency_ms, concurrency=args.concurrency, target_utilization=target
+    )
+    print(explanation)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

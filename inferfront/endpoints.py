@@ -1,0 +1,170 @@
+"""Live state of the configured endpoints and deployments: what the proxy routes with.
+
+A `DeploymentState` joins the routing decision (its `SlotTable`), the replica runtime that feeds
+it (through the `ReplicaEvents` callbacks), the keep-alive pools to its replicas and its counters.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from inferfront.proxy.upstream import UpstreamPool
+from inferfront.routing.slots import Replica, SlotTable
+from inferfront.routing.traffic import Mirror, TrafficSplit
+from inferfront.telemetry.stats import DeploymentStats
+
+if TYPE_CHECKING:
+    from inferfront.config import Deployment, Endpoint
+    from inferfront.runtime.base import ReplicaRuntime
+
+# Connection refused means nothing listens: one is enough to stop routing there until a probe
+# answers. Other connect errors (timeouts, unreachable) may be passing: take a few.
+REFUSED_FAILURES_TO_UNROUTE = 1
+OTHER_FAILURES_TO_UNROUTE = 3
+
+
+class DeploymentState:
+    """One deployment of one endpoint, as the data plane sees it."""
+
+    def __init__(self, endpoint: str, config: Deployment) -> None:
+        self.endpoint = endpoint
+        self.name = config.name
+        self.config = config
+        self.name_bytes = config.name.encode()
+        settings = config.request_settings
+        self.scoring_route = config.scoring_route.encode()
+        self.timeout_s = settings.request_timeout_ms / 1000
+        self.queue_wait_s = settings.max_queue_wait_ms / 1000
+        self.table = SlotTable(
+            settings.max_concurrent_requests_per_instance, config.effective_max_queued_requests
+        )
+        self.stats = DeploymentStats()
+        self.runtime: ReplicaRuntime | None = None
+        self.pools: dict[str, UpstreamPool] = {}
+        self._connect_failures: dict[str, int] = {}
+        self._draining: set[str] = set()
+        self.scaler = None  # set by the autoscaler when the deployment is scaled
+
+    # -- ReplicaEvents (called by the runtime) ----------------------------------------------
+
+    def replica_added(self, name: str, host: str, port: int) -> None:
+        self.table.add(Replica(name, host, port))
+        key = f"{host}:{port}"
+        if key not in self.pools:
+            self.pools[key] = UpstreamPool(host, port)
+
+    def replica_ready(self, name: str, ready: bool) -> None:
+        if name in self.table.replicas and name not in self._draining:
+            if ready:
+                self._connect_failures.pop(name, None)
+            self.table.set_ready(name, ready)
+
+    def replica_draining(self, name: str) -> None:
+        if name in self.table.replicas:
+            self._draining.add(name)
+            self.table.drain(name)
+
+    def replica_inflight(self, name: str) -> int:
+        replica = self.table.replicas.get(name)
+        return replica.inflight if replica is not None else 0
+
+    def replica_removed(self, name: str) -> None:
+        replica = self.table.replicas.get(name)
+        if replica is None:
+            return
+        self.table.remove(name)
+        self._draining.discard(name)
+        self._connect_failures.pop(name, None)
+        pool = self.pools.pop(replica.address, None)
+        if pool is not None:
+            pool.close()
+
+    # -- used by the proxy ------------------------------------------------------------------
+
+    def connect_failed(self, replica: Replica, refused: bool) -> None:
+        count = self._connect_failures.get(replica.name, 0) + 1
+        self._connect_failures[replica.name] = count
+        limit = REFUSED_FAILURES_TO_UNROUTE if refused else OTHER_FAILURES_TO_UNROUTE
+        if count >= limit and replica.name in self.table.replicas:
+            self.table.set_ready(replica.name, False)
+            if self.runtime is not None:
+                self.runtime.report_failure(replica.name)
+
+    def connect_succeeded(self, replica: Replica) -> None:
+        if self._connect_failures:
+            self._connect_failures.pop(replica.name, None)
+
+    # -- telemetry view ---------------------------------------------------------------------
+
+    def replica_states(self) -> dict[str, str]:
+        states = {}
+        for name, replica in self.table.replicas.items():
+            if name in self._draining:
+                states[name] = "draining"
+            elif replica.routable:
+                states[name] = "ready"
+            elif replica.ready or name in self._connect_failures:
+                states[name] = "unready"
+            else:
+                states[name] = "starting"
+        return states
+
+    def scaling_snapshot(self) -> dict | None:
+        return self.scaler.snapshot() if self.scaler is not None else None
+
+    def close_pools(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+class EndpointState:
+    """One endpoint: its key check, traffic split, mirror and deployments."""
+
+    def __init__(self, config: Endpoint) -> None:
+        self.name = config.name
+        self.config = config
+        self.auth_required = config.auth_mode == "key"
+        self._authorizations = tuple(b"Bearer " + key.encode() for key in config.accepted_keys)
+        self.deployments: dict[bytes, DeploymentState] = {
+            d.name.encode(): DeploymentState(config.name, d) for d in config.deployments
+        }
+        self._by_name = {d.name: d for d in self.deployments.values()}
+        self.split = TrafficSplit(dict(config.traffic))
+        mirror = next(iter(config.mirror_traffic.items()), None)
+        self.mirror = Mirror(mirror[0], mirror[1]) if mirror else None
+
+    def authorized(self, authorization: bytes | None) -> bool:
+        if not self.auth_required:
+            return True
+        if not authorization:
+            return False
+        # Compare against every key (constant time each) so timing tells nothing about which.
+        ok = False
+        for expected in self._authorizations:
+            ok |= hmac.compare_digest(authorization, expected)
+        return ok
+
+    def pick(self) -> DeploymentState | None:
+        name = self.split.pick()
+        return self._by_name[name] if name is not None else None
+
+    def mirror_target(self) -> DeploymentState | None:
+        if self.mirror is None:
+            return None
+        name = self.mirror.take()
+        return self._by_name[name] if name is not None else None
+
+
+class Endpoints:
+    """Every endpoint by name: the proxy's only lookup table."""
+
+    def __init__(self, configs: list[Endpoint]) -> None:
+        self.by_name: dict[bytes, EndpointState] = {
+            c.name.encode(): EndpointState(c) for c in configs
+        }
+
+    def deployments(self) -> Iterator[DeploymentState]:
+        for endpoint in self.by_name.values():
+            yield from endpoint.deployments.values()

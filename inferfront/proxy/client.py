@@ -1,0 +1,255 @@
+"""The client side of the proxy: one `ClientConnection` per accepted TCP connection.
+
+It parses requests with llhttp (httptools) with no leniency turned on, and runs them one at a
+time in arrival order: pipelined requests wait in `exchanges` (bounded, because reading pauses
+after each complete request until its answer is written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from inferfront.proxy.exchange import DONE, HEAD, Exchange, RequestRejected
+
+if TYPE_CHECKING:
+    from inferfront.proxy.server import Proxy
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.loop = proxy.loop
+        self.endpoints = proxy.endpoints
+        self.limits = proxy.limits
+        self.ids = proxy.ids
+        self.retries = proxy.retries
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.exchanges: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None  # the exchange the parser is filling
+        self.peer_ip = b"unknown"
+        self.peer = ""
+        self.write_paused = False
+        self.closed = False
+        self.parse_failed = False
+        # Reasons to stop reading from the client, each a flag (reading resumes when none hold).
+        self.reading_paused_for_body = False  # a queued request's body is buffered past the bound
+        self._paused_for_upstream = False  # the replica is not taking the body as fast
+        self._paused_for_answer = False  # a complete request waits for its answer
+        self._reading = True
+
+    # ======================================================================================
+    # asyncio.Protocol
+    # ======================================================================================
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0]).encode()
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.proxy.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.parse_failed or self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._stop_parsing()  # the exchange was already marked for a 501 and close
+        except httptools.HttpParserError as exc:
+            self._parse_error(exc)
+        head = self.exchanges[0] if self.exchanges else None
+        if head is not None and head.state != HEAD:
+            head.flush_upstream()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        exchanges = list(self.exchanges)
+        self.exchanges.clear()
+        for exchange in exchanges:
+            exchange.client_lost()
+
+    def eof_received(self) -> bool:
+        # The client half-closed: answer what it sent (close once written), read nothing more.
+        if not self.exchanges:
+            return False
+        self.parse_failed = True
+        self.exchanges[-1].close_after = True
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.exchanges:
+            self.exchanges[0].client_write_resumed()
+
+    # ======================================================================================
+    # httptools callbacks
+    # ======================================================================================
+
+    def on_message_begin(self) -> None:
+        if self.parse_failed:
+            raise _Halt  # a rejected request closes the connection: parse nothing after it
+        exchange = Exchange(self)
+        self.parsing = exchange
+        self.exchanges.append(exchange)
+
+    def on_url(self, url: bytes) -> None:
+        self.parsing.on_url(url)  # type: ignore[union-attr]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.parsing.on_header(name, value)  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        exchange = self.parsing
+        exchange.on_headers_complete(self.parser)  # type: ignore[union-attr]
+        if exchange.reject is not None and exchange.close_after:  # type: ignore[union-attr]
+            self._stop_parsing()
+        if self.exchanges[0] is exchange:
+            exchange.start()  # type: ignore[union-attr]
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        if exchange.state == DONE:  # type: ignore[union-attr]
+            if exchange.close_after:  # type: ignore[union-attr]
+                raise _Halt  # answered already and closing: the rest is not wanted
+            return  # answered early (e.g. an error); the body is read and dropped
+        exchange.on_body(body)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        self.parsing = None
+        exchange.on_message_complete()  # type: ignore[union-attr]
+        if exchange.state != DONE:  # type: ignore[union-attr]
+            # Not answered yet: read no further request until it is (bounds pipelining).
+            self._paused_for_answer = True
+            self._update_reading()
+
+    # ======================================================================================
+    # Parse failures: answer in order, then close; never parse another byte
+    # ======================================================================================
+
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        cause = exc.__context__
+        if isinstance(cause, _Halt):
+            return
+        self._stop_parsing()
+        exchange = self.parsing
+        self.parsing = None
+        if isinstance(cause, RequestRejected):
+            status, message = cause.status, cause.message
+        elif isinstance(cause, BaseException):
+            raise cause  # our own bug inside a callback: let the protocol's handler answer 500
+        else:
+            status, message = 400, f"Malformed request: {exc}."
+        if exchange is None:
+            # The bytes after a complete request were bad (e.g. data after Connection: close):
+            # answer what came before, then close.
+            if self.exchanges:
+                self.exchanges[-1].close_after = True
+            else:
+                self._close()
+            return
+        exchange.close_after = True
+        if exchange.state == HEAD:
+            exchange.reject = (status, message)
+            if self.exchanges[0] is exchange:
+                exchange.start()
+        else:
+            exchange.fail_request(status, message)
+
+    def _stop_parsing(self) -> None:
+        self.parse_failed = True
+        if self.transport is not None and self._reading:
+            self._reading = False
+            self.transport.pause_reading()
+
+    # ======================================================================================
+    # Used by exchanges
+    # ======================================================================================
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def flush_upstream(self, exchange: Exchange) -> None:
+        exchange.flush_upstream()
+
+    def mirror(self, exchange: Exchange, endpoint) -> None:
+        self.proxy.mirror(exchange, endpoint)
+
+    def exchange_done(self, exchange: Exchange, status: int, abort: bool) -> None:
+        self.proxy.record(exchange, status)
+        if not self.exchanges or self.exchanges[0] is not exchange:
+            return  # connection already gone
+        self.exchanges.popleft()
+        if abort:
+            self._abort()
+            return
+        if exchange.close_after:
+            self._close()
+            return
+        self._paused_for_answer = False
+        self.reading_paused_for_body = False
+        self._paused_for_upstream = False
+        if self.exchanges:
+            following = self.exchanges[0]
+            if following.state == HEAD and (following.method or following.reject):
+                following.start()
+                return
+        if self.parse_failed and not self.exchanges:
+            self._close()
+            return
+        self._update_reading()
+
+    def pause_for_body(self) -> None:
+        self.reading_paused_for_body = True
+        self._update_reading()
+
+    def resume_body_reading(self) -> None:
+        self.reading_paused_for_body = False
+        self._update_reading()
+
+    def pause_for_upstream(self) -> None:
+        self._paused_for_upstream = True
+        self._update_reading()
+
+    def resume_for_upstream(self) -> None:
+        self._paused_for_upstream = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        want = not (
+            self.parse_failed
+            or self.closed
+            or self.reading_paused_for_body
+            or self._paused_for_upstream
+            or self._paused_for_answer
+        )
+        if want != self._reading and self.transport is not None:
+            self._reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def _close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()  # after what is buffered is written
+
+    def _abort(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+
+class _Halt(Exception):
+    """Stops llhttp mid-buffer once the connection is known to close."""

@@ -1,0 +1,176 @@
+"""Mirrored traffic: a copy of a live request sent to the mirror deployment, answer discarded.
+
+A copy never slows, fails or counts against the client's request: it only takes a slot that is
+free at once (never queues), it holds at most `max_body` bytes of the body (a larger body is not
+mirrored), and whatever happens to it is counted on the mirror deployment only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inferfront.endpoints import DeploymentState
+    from inferfront.proxy.exchange import Exchange
+    from inferfront.proxy.upstream import UpstreamConnection
+    from inferfront.routing.slots import Replica
+
+
+class MirrorSender:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_body: int) -> None:
+        self.loop = loop
+        self.max_body = max_body
+        self.sent = 0
+        self.skipped = 0
+
+    def start(self, exchange: Exchange, target: DeploymentState) -> None:
+        if exchange.content_length and exchange.content_length > self.max_body:
+            self.skipped += 1
+            return
+        exchange.mirror_copy = MirrorCopy(self, exchange, target)
+
+
+class MirrorCopy:
+    """Collects the client's body, then replays the request once against the mirror."""
+
+    __slots__ = (
+        "body",
+        "conn",
+        "deployment",
+        "head",
+        "replica",
+        "resp_started",
+        "sender",
+        "size",
+        "status",
+        "t0",
+        "timer",
+    )
+
+    def __init__(self, sender: MirrorSender, exchange: Exchange, target: DeploymentState) -> None:
+        self.sender = sender
+        self.deployment = target
+        self.head = exchange.upstream_head
+        self.body: list[bytes] | None = []
+        self.size = 0
+        self.replica: Replica | None = None
+        self.conn: UpstreamConnection | None = None
+        self.resp_started = False
+        self.status = 0
+        self.t0 = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- fed by the live exchange -----------------------------------------------------------
+
+    def feed(self, framed: bytes) -> None:
+        body = self.body
+        if body is None:
+            return
+        self.size += len(framed)
+        if self.size > self.sender.max_body:
+            self.body = None
+            self.sender.skipped += 1
+            return
+        body.append(framed)
+
+    def request_complete(self) -> None:
+        """The client's request is complete: send the copy if a slot is free right now."""
+        if self.body is None:
+            return
+        replica = self.deployment.table.try_acquire()
+        if replica is None:
+            self.sender.skipped += 1
+            return
+        pool = self.deployment.pools.get(replica.address)
+        if pool is None:
+            self.deployment.table.release(replica)
+            return
+        self.replica = replica
+        loop = self.sender.loop
+        self.t0 = loop.time()
+        self.timer = loop.call_at(self.t0 + self.deployment.timeout_s, self._on_deadline)
+        self.sender.sent += 1
+        conn = pool.take_idle()
+        if conn is not None:
+            self._send(conn)
+        else:
+            pool.connect(self, self._connected)  # type: ignore[arg-type]
+
+    def _connected(self, conn: UpstreamConnection | None, why: str) -> None:
+        if conn is None:
+            self._end(502)
+        elif self.replica is None:  # timed out while connecting
+            conn.pool.release(conn)
+        else:
+            self._send(conn)
+
+    def _on_deadline(self) -> None:
+        self.timer = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.abort()
+        self._end(504)
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.exchange = self  # type: ignore[assignment]
+        conn.transport.write(b"".join([self.head, *(self.body or ())]))  # type: ignore[union-attr]
+        self.body = None
+
+    def _end(self, status: int) -> None:
+        replica = self.replica
+        if replica is None:
+            return
+        self.replica = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.deployment.table.release(replica)
+        elapsed = self.sender.loop.time() - self.t0
+        self.deployment.stats.record(status, 0.0, elapsed, elapsed)
+
+    # -- UpstreamConnection callbacks: the answer is read and dropped ------------------------
+
+    def upstream_header(self, name: bytes, value: bytes) -> None:
+        pass
+
+    def upstream_headers_complete(self, status: int, version: str) -> None:
+        if status >= 200:
+            self.resp_started = True
+            self.status = status
+
+    def upstream_body(self, chunk: bytes) -> None:
+        pass
+
+    def upstream_message_complete(self) -> bool:
+        if not self.resp_started:
+            return False
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.exchange = None
+            conn.pool.release(conn)
+        self._end(self.status)
+        return True
+
+    def flush_to_client(self) -> None:
+        pass
+
+    def upstream_lost(self) -> None:
+        self.conn = None
+        self._end(502)
+
+    def upstream_failed(self, why: str) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.abort()
+        self._end(502)
+
+    def upstream_write_paused(self) -> None:
+        pass
+
+    def upstream_write_resumed(self) -> None:
+        pass

@@ -1,0 +1,206 @@
+"""Health probing shared by the replica runtimes: probe settings, the HTTP probe, and the
+consecutive-result counting that turns single probe results into health changes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+ReplicaState = Literal["starting", "ready", "unready", "draining"]
+
+_MAX_POLITE_BODY = 64 * 1024  # probe bodies larger than this are not read before closing
+_MAX_HEADER_LINES = 100
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe's settings, with Azure ML's names and defaults (seconds and counts)."""
+
+    path: str = "/"
+    initial_delay: float = 10.0
+    period: float = 10.0
+    timeout: float = 2.0
+    success_threshold: int = 1
+    failure_threshold: int = 30
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"probe path must start with '/': {self.path!r}")
+        if self.initial_delay < 0:
+            raise ValueError("probe initial_delay must not be negative")
+        if self.period <= 0 or self.timeout <= 0:
+            raise ValueError("probe period and timeout must be positive")
+        if self.success_threshold < 1 or self.failure_threshold < 1:
+            raise ValueError("probe thresholds must be at least 1")
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """A read-only snapshot of one replica for the admin API. `pid` is None for replicas the
+    router did not start; `started_at` is wall-clock seconds since the epoch."""
+
+    name: str
+    host: str
+    port: int
+    pid: int | None
+    state: ReplicaState
+    restarts: int
+    started_at: float
+
+
+class HealthTracker:
+    """Turns a stream of probe results into health changes, Kubernetes-style: an unhealthy
+    target needs `success_threshold` consecutive successes to turn healthy, a healthy one
+    `failure_threshold` consecutive failures to turn unhealthy. Pure: no I/O, no clock."""
+
+    __slots__ = ("_failures", "_successes", "failure_threshold", "healthy", "success_threshold")
+
+    def __init__(self, spec: ProbeSpec, healthy: bool) -> None:
+        self.success_threshold = spec.success_threshold
+        self.failure_threshold = spec.failure_threshold
+        self.healthy = healthy
+        self._successes = 0
+        self._failures = 0
+
+    def observe(self, ok: bool) -> bool | None:
+        """Record one probe result; returns the new health if it changed, else None."""
+        if ok:
+            self._failures = 0
+            self._successes += 1
+            if not self.healthy and self._successes >= self.success_threshold:
+                return self._set(True)
+        else:
+            self._successes = 0
+            self._failures += 1
+            if self.healthy and self._failures >= self.failure_threshold:
+                return self._set(False)
+        return None
+
+    def force(self, healthy: bool) -> None:
+        """Set health from outside (e.g. the proxy saw connect failures); counting restarts."""
+        self._set(healthy)
+
+    def _set(self, healthy: bool) -> bool:
+        self.healthy = healthy
+        self._successes = 0
+        self._failures = 0
+        return healthy
+
+
+async def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
+    """GET http://host:port{path} once; True for a 200-399 answer within `timeout` seconds.
+
+    A tiny HTTP/1.1 client on asyncio streams (probes must never block the event loop, and
+    a client library would be heavier than needed for one status line). Any error is a failure.
+    """
+    status: int | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(_request(host, port, path))
+                await writer.drain()
+                status = _parse_status_line(await reader.readline())
+                if status is not None:
+                    await _read_rest_politely(reader)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+        pass  # status stays as far as we got: a slow body after a good status line is fine
+    return status is not None and 200 <= status < 400
+
+
+def _request(host: str, port: int, path: str) -> bytes:
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {authority}\r\n"
+        "User-Agent: inferfront-probe\r\n"
+        "Accept: */*\r\n"
+        "Connection: close\r\n"
+        "\r\n"
+    ).encode("latin-1")
+
+
+def _parse_status_line(line: bytes) -> int | None:
+    """`HTTP/1.1 200 OK` -> 200; anything else -> None."""
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+async def _read_rest_politely(reader: asyncio.StreamReader) -> None:
+    """Read headers and a small Content-Length body, so the server does not see a reset for
+    closing on unread data. Never reads to EOF: a server ignoring `Connection: close` would
+    otherwise hold the probe until its timeout."""
+    content_length = 0
+    for _ in range(_MAX_HEADER_LINES):
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            content_length = int(value.strip())
+    if 0 < content_length <= _MAX_POLITE_BODY:
+        await reader.readexactly(content_length)
+
+
+class ReadinessWatch:
+    """Probes one replica's readiness until cancelled and reports each change to `on_change`.
+
+    Pace: every `startup_poll_s` while not ready (a replica takes traffic as soon as it
+    answers), every `spec.period` while ready. `report_failure` takes the replica out at once
+    and switches to the fast pace, so the probe brings it back as soon as it answers again.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        spec: ProbeSpec,
+        startup_poll_s: float,
+        on_change: Callable[[bool], None],
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.spec = spec
+        self.startup_poll_s = startup_poll_s
+        self.tracker = HealthTracker(spec, healthy=False)
+        self._on_change = on_change
+        self._pace_changed = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.tracker.healthy
+
+    async def run(self) -> None:
+        """Wait a turn, probe, repeat (cancel the task to stop)."""
+        while True:
+            await self._wait_turn()
+            await self.probe_once()
+
+    async def probe_once(self) -> None:
+        ok = await probe_http(self.host, self.port, self.spec.path, self.spec.timeout)
+        change = self.tracker.observe(ok)
+        if change is not None:
+            self._on_change(change)
+
+    def report_failure(self) -> bool:
+        """Mark not ready (counting starts over); True if it was ready until now."""
+        was_ready = self.tracker.healthy
+        self.tracker.force(False)
+        self._pace_changed.set()  # cut a long ready-pace wait short
+        return was_ready
+
+    async def _wait_turn(self) -> None:
+        while True:
+            self._pace_changed.clear()
+            interval = self.spec.period if self.tracker.healthy else self.startup_poll_s
+            try:
+                async with asyncio.timeout(interval):
+                    await self._pace_changed.wait()
+            except TimeoutError:
+                return

@@ -1,0 +1,1 @@
+"""Upstream servers the tests and benchmarks run as real processes (see model_server.py)."""
