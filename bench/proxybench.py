@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.harness import loadgen, servers
 from bench.harness.procs import (
@@ -31,6 +31,7 @@ from bench.harness.procs import (
     Children,
     HarnessError,
     PortAllocator,
+    cpu_busy_fraction,
     exit_cleanly_on_termination_signals,
     open_fd_count,
     process_tree,
@@ -48,33 +49,27 @@ WANTED_OPEN_FILES = 65536
 
 @dataclass(frozen=True)
 class ScaleRow:
+    """A router configuration compared with 1 replica and 1 endpoint."""
+
     label: str
     replicas: int
     endpoints: int
-    is_base: bool = False
 
 
-BASE_BEFORE = ScaleRow("1 replica, 1 endpoint", 1, 1, is_base=True)
 FULL_SCALE_ROWS = (
-    BASE_BEFORE,
     ScaleRow("100 replicas", 100, 1),
     ScaleRow("1,000 replicas", 1000, 1),
     ScaleRow("1,000 endpoints", 1, 1000),
-    # Measured again at the end so that drift during the run shows and is averaged out.
-    ScaleRow("1 replica, 1 endpoint (again)", 1, 1, is_base=True),
 )
-QUICK_SCALE_ROWS = (
-    BASE_BEFORE,
-    ScaleRow("100 replicas", 100, 1),
-    ScaleRow("1,000 endpoints", 1, 1000),
-)
+QUICK_SCALE_ROWS = (ScaleRow("100 replicas", 100, 1), ScaleRow("1,000 endpoints", 1, 1000))
 
 
 @dataclass(frozen=True)
 class Settings:
     quick: bool
     only: frozenset[str]
-    duration_s: int
+    duration_s: int  # per target and measurement, split over `rounds` runs
+    rounds: int
     warmup_s: int
     inferfront: Path
     port_base: int
@@ -86,6 +81,11 @@ class Settings:
     hey_workers: int = 50
     hey_rate_per_worker: int = 100
 
+    @property
+    def run_s(self) -> int:
+        """Length of one wrk or hey run: the targets take turns, `rounds` times each."""
+        return max(1, self.duration_s // self.rounds)
+
     def public(self) -> dict[str, Any]:
         """The settings as they go into the results JSON."""
         values = asdict(self)
@@ -96,14 +96,24 @@ class Settings:
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
-    parser = argparse.ArgumentParser(prog="python -m bench.proxybench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="3 s runs, fewer scale rows")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.proxybench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="4 s per measurement, fewer rows")
     parser.add_argument(
         "--only",
         default=",".join(SECTIONS),
         help="comma-separated subset of: " + ",".join(SECTIONS),
     )
-    parser.add_argument("--duration", type=int, help="seconds per measurement (8, quick: 3)")
+    parser.add_argument("--duration", type=int, help="seconds per measurement (8, quick: 4)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="runs per measurement; targets compared take turns so that drift hits all (2)",
+    )
     parser.add_argument(
         "--inferfront",
         type=Path,
@@ -118,11 +128,13 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     unknown = only - set(SECTIONS)
     if unknown or not only:
         parser.error(f"--only takes a subset of {','.join(SECTIONS)}; got {args.only!r}")
-    duration_s = args.duration or (3 if args.quick else 8)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return Settings(
         quick=args.quick,
         only=only,
-        duration_s=duration_s,
+        duration_s=args.duration or (4 if args.quick else 8),
+        rounds=args.rounds,
         warmup_s=1 if args.quick else 2,
         inferfront=args.inferfront,
         port_base=args.port_base,
@@ -211,7 +223,7 @@ def _replica_ports_needed(settings: Settings) -> int:
 
 
 def _measure_paths(run: Run, paths: list[str]) -> None:
-    """Closed loop, then open loop, for each path; servers started once and reused by both."""
+    """Closed loop, then open loop, over the paths taking turns; servers started once."""
     started: list[Child] = []
     targets: dict[str, int] = {}
     try:
@@ -225,14 +237,9 @@ def _measure_paths(run: Run, paths: list[str]) -> None:
                 run.results["open_loop"][path] = {"error": str(error)}
                 continue
             targets[path] = port
-        for path, port in targets.items():
-            run.results["closed_loop"][path] = _guarded(
-                run, f"closed loop {path}", lambda port=port: _closed_loop(run, port)
-            )
-        for path, port in targets.items():
-            run.results["open_loop"][path] = _guarded(
-                run, f"open loop {path}", lambda port=port: _open_loop(run, port)
-            )
+        closed = {path: Target(port, (BENCH_ENDPOINT_PATH,)) for path, port in targets.items()}
+        run.results["closed_loop"].update(_closed_loop(run, "closed loop", closed))
+        run.results["open_loop"].update(_open_loop(run, targets))
     finally:
         for child in started:
             run.children.stop(child)
@@ -273,79 +280,151 @@ def _start_router(run: Run, name: str, config: dict[str, object], port: int) -> 
     )
 
 
-def _guarded(run: Run, what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run one measurement; a failure is recorded in its place and the run goes on."""
-    log(what)
-    try:
-        return measure()
-    except HarnessError as error:
-        run.record_error(f"{what}: {error}")
-        return {"error": str(error)}
+@dataclass(frozen=True)
+class Target:
+    """Where one closed-loop measurement sends its load: a port and the paths to cycle over."""
+
+    port: int
+    paths: Sequence[str]
 
 
-def _closed_loop(run: Run, port: int, paths: Sequence[str] = (BENCH_ENDPOINT_PATH,)) -> dict:
-    settings = run.settings
-    connections = settings.wrk_connections
-    # Warm-up: connection pools filled, caches and allocator arenas grown before measuring.
-    loadgen.run_wrk(port, paths, settings.warmup_s, run.workdir, connections)
-    result = loadgen.run_wrk(port, paths, settings.duration_s, run.workdir, connections)
-    log(f"  {result.requests_per_s:,.0f} requests/s, {result.errors} errors")
-    return asdict(result)
+S = TypeVar("S")
 
 
-def _open_loop(run: Run, port: int) -> dict:
-    settings = run.settings
-    result = loadgen.run_hey(
-        port,
-        BENCH_ENDPOINT_PATH,
-        settings.duration_s,
-        settings.hey_workers,
-        settings.hey_rate_per_worker,
-    )
-    log(
-        f"  {result.achieved_rate:,.0f}/s, average {result.average_ms:.2f} ms, "
-        f"p99 {result.p99_ms:.2f} ms"
-    )
-    return asdict(result)
+def _take_turns(
+    run: Run,
+    what: str,
+    names: Sequence[str],
+    measure_once: Callable[[str], S],
+    summarize: Callable[[list[S]], dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Measure every target `rounds` times, taking turns (A B C A B C), and summarize each.
 
-
-def _measure_scale(run: Run) -> None:
-    if not run.settings.inferfront.is_file():
-        message = f"inferfront executable not found at {run.settings.inferfront}"
-        run.record_error(f"scale: {message}")
-        run.results["scale"] = {"error": message}
-        return
-    rows = []
-    for row in run.settings.scale_rows:
-        result = _guarded(run, f"scale: {row.label}", lambda row=row: _scale_row(run, row))
-        rows.append({**asdict(row), "result": result})
-    base_rates = [
-        row["result"]["requests_per_s"]
-        for row in rows
-        if row["is_base"] and "error" not in row["result"]
-    ]
-    run.results["scale"] = {
-        "rows": rows,
-        "base_requests_per_s": sum(base_rates) / len(base_rates) if base_rates else None,
+    Load from elsewhere on the machine comes and goes; taking turns spreads it over all targets
+    instead of letting it land on whichever ran at that moment. A target that fails is recorded
+    as {"error": ...} and left out of later rounds.
+    """
+    samples: dict[str, list[S]] = {name: [] for name in names}
+    failures: dict[str, str] = {}
+    for round_number in range(1, run.settings.rounds + 1):
+        for name in names:
+            if name in failures:
+                continue
+            log(f"{what}: {name}, run {round_number}/{run.settings.rounds}")
+            try:
+                samples[name].append(measure_once(name))
+            except HarnessError as error:
+                run.record_error(f"{what} {name}: {error}")
+                failures[name] = str(error)
+    return {
+        name: {"error": failures[name]} if name in failures else summarize(samples[name])
+        for name in names
     }
 
 
-def _scale_row(run: Run, row: ScaleRow) -> dict[str, Any]:
+def _closed_loop(run: Run, what: str, targets: dict[str, Target]) -> dict[str, dict[str, Any]]:
+    settings = run.settings
+    connections = settings.wrk_connections
+    warmed: dict[str, Target] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for name, target in targets.items():
+        # Warm-up: pools filled, caches and allocator arenas grown before anything counts.
+        try:
+            loadgen.run_wrk(target.port, target.paths, settings.warmup_s, run.workdir, connections)
+            warmed[name] = target
+        except HarnessError as error:
+            run.record_error(f"{what} {name} (warm-up): {error}")
+            results[name] = {"error": str(error)}
+
+    def measure_once(name: str) -> loadgen.ClosedLoopResult:
+        target = warmed[name]
+        result = loadgen.run_wrk(
+            target.port, target.paths, settings.run_s, run.workdir, connections
+        )
+        log(f"  {result.requests_per_s:,.0f} requests/s, {result.errors} errors")
+        return result
+
+    def summarize(parts: list[loadgen.ClosedLoopResult]) -> dict[str, Any]:
+        return asdict(loadgen.combine_closed_loop(parts))
+
+    results.update(_take_turns(run, what, list(warmed), measure_once, summarize))
+    return results
+
+
+def _open_loop(run: Run, ports: dict[str, int]) -> dict[str, dict[str, Any]]:
+    settings = run.settings
+
+    def measure_once(name: str) -> loadgen.OpenLoopSample:
+        sample = loadgen.run_hey(
+            ports[name],
+            BENCH_ENDPOINT_PATH,
+            settings.run_s,
+            settings.hey_workers,
+            settings.hey_rate_per_worker,
+        )
+        log(f"  {len(sample.latencies_ms) / sample.duration_s:,.0f}/s answered")
+        return sample
+
+    def summarize(samples: list[loadgen.OpenLoopSample]) -> dict[str, Any]:
+        return asdict(loadgen.summarize_open_loop(samples))
+
+    return _take_turns(run, "open loop", list(ports), measure_once, summarize)
+
+
+def _measure_scale(run: Run) -> None:
+    """Each configuration against a 1-replica, 1-endpoint router running at the same time, the
+    two taking turns, so the 10% margin is not eaten by drift between separate runs."""
+    try:
+        base_port = run.ports.take_one()
+        base_config = servers.router_config(["bench"], run.model_ports[:1])
+        base = _start_router(run, "inferfront-base", base_config, base_port)
+    except HarnessError as error:
+        run.record_error(f"scale: {error}")
+        run.results["scale"] = {"error": str(error)}
+        return
+    rows = []
+    try:
+        for row in run.settings.scale_rows:
+            rows.append({**asdict(row), **_scale_row(run, row, base_port)})
+    finally:
+        run.children.stop(base)
+    run.results["scale"] = {"rows": rows}
+
+
+def _scale_row(run: Run, row: ScaleRow, base_port: int) -> dict[str, Any]:
     names = servers.endpoint_names(row.endpoints)
+    paths = [servers.ENDPOINT_PATH.format(name=name) for name in names]
     config = servers.router_config(names, run.model_ports[: row.replicas])
     port = run.ports.take_one()
-    router = _start_router(run, f"inferfront-{row.replicas}r-{row.endpoints}e", config, port)
+    log(f"scale: starting inferfront with {row.label}")
     try:
-        paths = [servers.ENDPOINT_PATH.format(name=name) for name in names]
-        for path in {paths[0], paths[-1]}:
+        router = _start_router(run, f"inferfront-{row.replicas}r-{row.endpoints}e", config, port)
+    except HarnessError as error:
+        run.record_error(f"scale {row.label}: {error}")
+        return {"result": {"error": str(error)}, "base": {"error": "not measured"}}
+    try:
+        for path in dict.fromkeys([paths[0], paths[-1]]):
             servers.check_answers_like_the_model(port, path)
-        return _closed_loop(run, port, paths)
+        targets = {
+            "base": Target(base_port, (BENCH_ENDPOINT_PATH,)),
+            "row": Target(port, paths),
+        }
+        measured = _closed_loop(run, f"scale {row.label}", targets)
+    except HarnessError as error:
+        run.record_error(f"scale {row.label}: {error}")
+        return {"result": {"error": str(error)}, "base": {"error": "not measured"}}
     finally:
         run.children.stop(router)
+    return {"result": measured["row"], "base": measured["base"]}
 
 
 def _measure_memory(run: Run) -> None:
-    run.results["memory"] = _guarded(run, "memory", lambda: _memory(run))
+    log("memory")
+    try:
+        run.results["memory"] = _memory(run)
+    except HarnessError as error:
+        run.record_error(f"memory: {error}")
+        run.results["memory"] = {"error": str(error)}
 
 
 def _memory(run: Run) -> dict[str, Any]:
@@ -404,6 +483,7 @@ def _new_results(settings: Settings, open_files: int) -> dict[str, Any]:
             "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "cpus": os.cpu_count(),
             "loadavg_start": _loadavg(),
+            "cpu_busy_at_start": round(cpu_busy_fraction(), 3),
             "kernel": platform.release(),
             "python": platform.python_version(),
             "commit": _git_commit(),

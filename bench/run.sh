@@ -30,7 +30,7 @@ install_packages() {
     fi
     local status=0
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
-        "${wanted[@]}" || status=$?
+        "${wanted[@]}" >/dev/null || status=$?
     if [ -n "$created_policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
     return "$status"
 }

@@ -8,15 +8,19 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from inferfront.admin.server import AdminServer
+from inferfront.cluster.local import LocalMembership
 from inferfront.config import Config, Deployment
+from inferfront.coordinator.node import ClusterNode
 from inferfront.endpoints import DeploymentState, Endpoints
 from inferfront.proxy.server import Proxy
 from inferfront.runtime.local import LocalProcessRuntime
 from inferfront.runtime.probes import ProbeSpec
 from inferfront.runtime.static import StaticRuntime
 from inferfront.scaling.autoscaler import Autoscaler, policy_from_settings
+from inferfront.supervisor.worker_link import RemoteRuntime, SupervisorLink
 from inferfront.telemetry.accesslog import AccessLog
 from inferfront.telemetry.metrics import Metrics
 
@@ -29,6 +33,18 @@ class Listen:
     port: int
     admin_host: str
     admin_port: int
+    reuse_port: bool = False  # several processes share the request port (workers)
+
+
+@dataclass
+class ClusterOptions:
+    """Run as one of several front-end instances that share coordination state."""
+
+    state_dir: Path
+    instance_id: str
+    coordinator_host: str = "127.0.0.1"
+    coordinator_port: int = 0
+    supervised: bool = False  # a worker: replicas are the supervisor's (state_dir has its socket)
 
 
 def probe_spec(probe) -> ProbeSpec:
@@ -64,9 +80,23 @@ def make_runtime(config: Deployment, state: DeploymentState, drain_timeout_s: fl
 class Router:
     """One router process: every configured endpoint, served on one port."""
 
-    def __init__(self, config: Config, listen: Listen) -> None:
+    def __init__(
+        self,
+        config: Config,
+        listen: Listen,
+        cluster: ClusterOptions | None = None,
+        runtime_factory=None,
+    ) -> None:
         self.config = config
         self.listen = listen
+        self.cluster = cluster
+        self.node: ClusterNode | None = None
+        self.supervisor_link: SupervisorLink | None = None
+        # How each deployment's replicas are run: in-process runtimes by default; a worker
+        # under a supervisor gets proxies to the supervisor's runtimes instead.
+        self.runtime_factory = runtime_factory or (
+            lambda state: make_runtime(state.config, state, config.server.drain_timeout_s)
+        )
         self.endpoints = Endpoints(list(config.endpoints))
         self.proxy: Proxy | None = None
         self.admin: AdminServer | None = None
@@ -84,29 +114,72 @@ class Router:
 
     async def start(self) -> None:
         server = self.config.server
-        drain = server.drain_timeout_s
-        for state in self.endpoints.deployments():
-            state.runtime = make_runtime(state.config, state, drain)
-        await asyncio.gather(*(s.runtime.start() for s in self.endpoints.deployments()))
-        for state in self.endpoints.deployments():
-            if state.config.autoscaled:
-                policy = policy_from_settings(state.config.scale_settings)
-                state.scaler = Autoscaler(
-                    f"{state.endpoint}/{state.name}", policy, state.table, state.runtime
-                )
-                state.scaler.start()
+        if self.cluster is not None and self.cluster.supervised:
+            await self._attach_to_supervisor(self.cluster.state_dir)
+        else:
+            for state in self.endpoints.deployments():
+                state.runtime = self.runtime_factory(state)
+            await asyncio.gather(*(s.runtime.start() for s in self.endpoints.deployments()))
+        if self.cluster is None:
+            for state in self.endpoints.deployments():
+                self._coordinating(state, True)
+        else:
+            await self._join_cluster(self.cluster)
         loop = asyncio.get_running_loop()
         if server.access_log:
             self.access_log = AccessLog(sys.stdout)
             self.access_log.start(loop)
         self.proxy = Proxy(
-            self.endpoints, server.limits, retries=server.retries, access_log=self.access_log
+            self.endpoints,
+            server.limits,
+            retries=server.retries,
+            access_log=self.access_log,
+            instance=self.cluster.instance_id if self.cluster else None,
         )
-        await self.proxy.listen(self.listen.host, self.listen.port)
+        await self.proxy.listen(
+            self.listen.host, self.listen.port, reuse_port=self.listen.reuse_port
+        )
         metrics = Metrics(self.deployments, extra=self._extra_metrics)
         self.admin = AdminServer(metrics, self.deployments, self.ready)
+        self.admin.add_json_route("/admin/v1/cluster", self.cluster_view)
         await self.admin.start(self.listen.admin_host, self.listen.admin_port)
         self.started.set()
+
+    def _coordinating(self, state: DeploymentState, coordinating: bool) -> None:
+        """Only a deployment's coordinator decides its scaling."""
+        if coordinating and state.config.autoscaled and state.scaler is None:
+            policy = policy_from_settings(state.config.scale_settings)
+            state.scaler = Autoscaler(state.key, policy, state.table, state.runtime)
+            state.scaler.start()
+        elif not coordinating and state.scaler is not None:
+            scaler, state.scaler = state.scaler, None
+            asyncio.get_running_loop().create_task(scaler.stop())
+
+    async def _attach_to_supervisor(self, state_dir: Path) -> None:
+        """A worker: replica events come from the supervisor, which owns the replicas."""
+        states = {s.key: s for s in self.endpoints.deployments()}
+        self.supervisor_link = SupervisorLink(state_dir, states)
+        for key, state in states.items():
+            state.runtime = RemoteRuntime(self.supervisor_link, key)
+        await self.supervisor_link.connect()
+
+    async def _join_cluster(self, options: ClusterOptions) -> None:
+        text = self.config.source.read_text() if self.config.source else ""
+        self.node = ClusterNode(
+            options.instance_id,
+            self.deployments(),
+            lambda member: LocalMembership(options.state_dir, member),
+            config_text=text,
+            host=options.coordinator_host,
+            port=options.coordinator_port,
+            on_role_change=self._coordinating,
+        )
+        await self.node.start()
+
+    def cluster_view(self) -> dict:
+        if self.node is None:
+            return {"instance": None, "members": [], "coordinators": []}
+        return self.node.snapshot()
 
     def _extra_metrics(self):
         proxy = self.proxy
@@ -135,6 +208,10 @@ class Router:
         for state in self.endpoints.deployments():
             if state.scaler is not None:
                 await state.scaler.stop()
+        if self.node is not None:
+            await self.node.stop()
+        if self.supervisor_link is not None:
+            await self.supervisor_link.close()
         runtimes = [s.runtime for s in self.endpoints.deployments() if s.runtime is not None]
         await asyncio.gather(*(r.stop(drain) for r in runtimes), return_exceptions=True)
         if proxy is not None:
@@ -148,8 +225,10 @@ class Router:
             self.access_log.close()
 
 
-async def run(config: Config, listen: Listen, announce=print) -> None:
-    router = Router(config, listen)
+async def run(
+    config: Config, listen: Listen, announce=print, cluster: ClusterOptions | None = None
+) -> None:
+    router = Router(config, listen, cluster)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, router.request_stop)

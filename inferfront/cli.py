@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
+import os
+import socket
 import sys
+from pathlib import Path
 
 from inferfront.config import ConfigError, load_config, summarize
 
@@ -27,6 +29,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-host", help="address for /metrics and /admin (default 127.0.0.1)")
     serve.add_argument("--admin-port", type=int, help="admin port (default 9090)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    cluster = serve.add_argument_group("several front-end instances")
+    cluster.add_argument(
+        "--cluster-dir",
+        help="state directory shared by the instances of one cluster on this machine "
+        "(membership and coordinator leases)",
+    )
+    cluster.add_argument("--instance-id", help="this instance's name (default: host-pid)")
+    cluster.add_argument(
+        "--coordinator-port", type=int, default=0, help="port for peers (default: any free)"
+    )
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="front-end processes sharing the port under a supervisor that owns the replicas",
+    )
+    cluster.add_argument(
+        "--state-dir", help="the supervisor's state directory (default: a temp dir)"
+    )
+    cluster.add_argument("--worker-of", help=argparse.SUPPRESS)  # set by the supervisor
+    cluster.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_serve)
 
     check = commands.add_parser("check", help="validate a configuration file and summarize it")
@@ -64,7 +87,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from inferfront.app import Listen, run
+    import uvloop
+
+    from inferfront.app import ClusterOptions, Listen, run
 
     config = _load(args.config)
     if config is None:
@@ -81,13 +106,76 @@ def cmd_serve(args: argparse.Namespace) -> int:
         admin_host=args.admin_host or server.admin_host,
         admin_port=server.admin_port if args.admin_port is None else args.admin_port,
     )
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        asyncio.run(run(config, listen, announce=_announce))
-    else:
-        uvloop.run(run(config, listen, announce=_announce))
+    if args.workers > 1 and not args.worker_of:
+        return _supervise(args, config, listen)
+    cluster = None
+    if args.worker_of:
+        cluster = ClusterOptions(
+            state_dir=Path(args.worker_of),
+            instance_id=f"worker-{args.worker_index}",
+            coordinator_host="127.0.0.1",
+            supervised=True,
+        )
+        listen.reuse_port = True
+    elif args.cluster_dir:
+        cluster = ClusterOptions(
+            state_dir=Path(args.cluster_dir),
+            instance_id=args.instance_id or f"{socket.gethostname()}-{os.getpid()}",
+            coordinator_host=listen.admin_host,
+            coordinator_port=args.coordinator_port,
+        )
+        listen.reuse_port = True
+    # A worker's address is the supervisor's to announce.
+    announce = logging.getLogger("inferfront").debug if args.worker_of else _announce
+    uvloop.run(run(config, listen, announce=announce, cluster=cluster))
     return 0
+
+
+def _supervise(args: argparse.Namespace, config, listen) -> int:
+    """`--workers N`: this process supervises N workers and owns the replicas."""
+    import tempfile
+
+    import uvloop
+
+    from inferfront.supervisor.admin import serve_supervisor_admin
+    from inferfront.supervisor.supervisor import run_supervisor
+
+    state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="inferfront-"))
+    # Workers bind the same concrete ports: resolve "any free port" once, here.
+    port = listen.port or _free_port(listen.host)
+    admin_port = listen.admin_port or _free_port(listen.admin_host)
+
+    def worker_argv(index: int) -> list[str]:
+        return [
+            sys.executable, "-m", "inferfront", "serve", "-c", args.config,
+            "--host", listen.host, "--port", str(port),
+            "--admin-host", listen.admin_host, "--admin-port", str(admin_port + 1 + index),
+            "--log-level", args.log_level,
+            "--worker-of", str(state_dir), "--worker-index", str(index),
+        ]  # fmt: skip
+
+    async def on_started(supervisor) -> None:
+        await serve_supervisor_admin(supervisor, listen.admin_host, admin_port)
+        _announce(f"inferfront: serving on http://{listen.host}:{port} with {args.workers} workers")
+        _announce(f"  admin on http://{listen.admin_host}:{admin_port}/admin/v1/cluster")
+
+    uvloop.run(
+        run_supervisor(
+            config,
+            workers=args.workers,
+            state_dir=state_dir,
+            worker_argv=worker_argv,
+            announce=_announce,
+            on_started=on_started,
+        )
+    )
+    return 0
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def _announce(line: str) -> None:

@@ -17,6 +17,7 @@ from inferfront.telemetry.stats import DeploymentStats
 
 if TYPE_CHECKING:
     from inferfront.config import Deployment, Endpoint
+    from inferfront.coordinator.broker import Broker
     from inferfront.runtime.base import ReplicaRuntime
 
 # Connection refused means nothing listens: one is enough to stop routing there until a probe
@@ -37,9 +38,14 @@ class DeploymentState:
         self.scoring_route = config.scoring_route.encode()
         self.timeout_s = settings.request_timeout_ms / 1000
         self.queue_wait_s = settings.max_queue_wait_ms / 1000
+        self.key = f"{endpoint}/{config.name}"
+        self.scales_from_zero = config.autoscaled and config.scale_settings.min_instances == 0
+        # The replica registry, and the routing decision when this instance makes it.
         self.table = SlotTable(
             settings.max_concurrent_requests_per_instance, config.effective_max_queued_requests
         )
+        # What the proxy asks for a slot: the table itself, or a cluster Broker in front of it.
+        self.slots: SlotTable | Broker = self.table
         self.stats = DeploymentStats()
         self.runtime: ReplicaRuntime | None = None
         self.pools: dict[str, UpstreamPool] = {}
@@ -110,6 +116,11 @@ class DeploymentState:
             else:
                 states[name] = "starting"
         return states
+
+    def queued_at_coordinator(self) -> None:
+        """A request waits here with no ready replica: scale from zero now, not at the next poll."""
+        if self.scaler is not None:
+            self.scaler.wake()
 
     def scaling_snapshot(self) -> dict | None:
         return self.scaler.snapshot() if self.scaler is not None else None

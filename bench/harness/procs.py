@@ -14,6 +14,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ def exit_cleanly_on_termination_signals() -> None:
     """Turn SIGTERM and SIGHUP into SystemExit so that finally blocks stop the children."""
 
     def raise_system_exit(signum: int, _frame: object) -> None:
+        print(f"[bench] {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -223,3 +225,19 @@ def open_fd_count(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
+
+
+def cpu_busy_fraction(window_s: float = 1.0) -> float:
+    """Share of all CPUs' time spent on something other than idle over `window_s`, from
+    /proc/stat: how much other work would compete with the benchmark."""
+
+    def totals() -> tuple[int, int]:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]), idle  # guest time is already counted in user
+
+    total_before, idle_before = totals()
+    time.sleep(window_s)  # the measuring window itself, not a wait for some condition
+    total_after, idle_after = totals()
+    elapsed = total_after - total_before
+    return 0.0 if elapsed <= 0 else 1 - (idle_after - idle_before) / elapsed

@@ -17,6 +17,7 @@ ACHIEVED_RATE_MIN_VS_DIRECT = 0.95
 THROUGHPUT_MIN_VS_NGINX = 0.40
 SCALE_MIN_VS_BASE = 0.90
 RSS_MAX_MB = 100.0  # MB = 10^6 bytes
+BUSY_CPU_WARNING = 0.25
 
 PATH_LABELS = {"direct": "direct", "nginx": "nginx-proxy", "inferfront": "inferfront"}
 
@@ -53,16 +54,37 @@ def _header(results: Results) -> str:
     lines = [
         f"# inferfront proxy benchmark, {meta['started_utc']}",
         "",
-        f"{meta['cpus']} CPUs, load average {load} at start; commit {meta.get('commit') or '?'}; "
-        f"{'quick' if settings['quick'] else 'full'} run, {settings['duration_s']} s per "
-        "measurement. Everything on 127.0.0.1; the model is nginx answering a 17-byte JSON body; "
-        "each proxy is one process (nginx: one worker) and the load generator shares the cores. "
-        "The machine is noisy: read the ratios and the added latency, not absolute figures.",
+        f"{meta['cpus']} CPUs, {meta.get('cpu_busy_at_start', 0):.0%} busy and load average "
+        f"{load} at start; commit {meta.get('commit') or '?'}; "
+        f"{'quick' if settings['quick'] else 'full'} run. Each figure: {settings['rounds']} "
+        f"run(s) of {_run_s(settings)} s, the targets compared taking turns so that load from "
+        "elsewhere hits them alike. Everything on 127.0.0.1; the model is nginx answering a "
+        "17-byte JSON body; each proxy is one process (nginx: one worker) and the load generator "
+        "shares the cores. The machine is noisy: read the ratios and the added latency, not the "
+        "absolute figures.",
     ]
+    busy = _busy_warning(meta)
+    if busy:
+        lines += ["", busy]
     versions = meta.get("versions", {})
     if versions:
         lines += ["", "Tools: " + "; ".join(f"{name} {text}" for name, text in versions.items())]
     return "\n".join(lines)
+
+
+def _busy_warning(meta: Mapping[str, Any]) -> str | None:
+    """A warning when other work kept the CPUs busy at the start: then even ratios wobble."""
+    busy = meta.get("cpu_busy_at_start")
+    if busy is None or busy < BUSY_CPU_WARNING:
+        return None
+    return (
+        f"**Warning:** other work kept the CPUs {busy:.0%} busy just before the benchmark "
+        "started; expect large run-to-run differences."
+    )
+
+
+def _run_s(settings: Mapping[str, Any]) -> int:
+    return max(1, settings["duration_s"] // settings["rounds"])
 
 
 def _closed_loop_section(results: Results, checks: list[Check]) -> str:
@@ -98,7 +120,7 @@ def _closed_loop_section(results: Results, checks: list[Check]) -> str:
             ]
         )
     title = (
-        f"## Closed loop: wrk -t1 -c{settings['wrk_connections']} -d{settings['duration_s']}s, "
+        f"## Closed loop: wrk -t1 -c{settings['wrk_connections']} -d{_run_s(settings)}s, "
         "POST 20-byte JSON"
     )
     header = ["path", "requests/s", "vs nginx-proxy", "errors", "target", "result"]
@@ -160,7 +182,7 @@ def _open_loop_section(results: Results, checks: list[Check]) -> str:
         )
     rate = settings["hey_workers"] * settings["hey_rate_per_worker"]
     title = (
-        f"## Open loop at {rate:,}/s: hey -z {settings['duration_s']}s "
+        f"## Open loop at {rate:,}/s: hey -z {_run_s(settings)}s "
         f"-c {settings['hey_workers']} -q {settings['hey_rate_per_worker']}, POST 20-byte JSON"
     )
     header = [
@@ -201,44 +223,44 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
     if not scale:
         return ""
     target = f">= {SCALE_MIN_VS_BASE:.0%} of base"
+    title = "## Scale: inferfront closed loop (wrk as above) against 1 replica and 1 endpoint"
     if "error" in scale:
         checks.append(Check("scale", "all rows", target, "NOT MEASURED", _first_line(scale)))
-        return "## Scale: inferfront closed loop\n\nNOT MEASURED: " + scale["error"]
-    base_rate = scale.get("base_requests_per_s")
+        return f"{title}\n\nNOT MEASURED: {_first_line(scale)}"
     rows = []
     for row in scale["rows"]:
-        label, result = row["label"], row["result"]
-        if "error" in result:
-            rows.append([label, "-", "-", "-", "NOT MEASURED: " + _first_line(result)])
-            if not row["is_base"]:
-                checks.append(Check("scale", label, target, "NOT MEASURED"))
+        label, result, base = row["label"], row["result"], row["base"]
+        if "error" in result or "error" in base:
+            reason = _first_line(result if "error" in result else base)
+            rows.append([label, "-", "-", "-", target, "NOT MEASURED: " + reason])
+            checks.append(Check("scale", label, target, "NOT MEASURED", reason))
             continue
-        ratio = result["requests_per_s"] / base_rate if base_rate else None
-        row_target, verdict = "-", "-"
-        if not row["is_base"]:
-            row_target = target
-            verdict = _scale_verdict(result, ratio)
-            checks.append(Check("scale", label, target, verdict, _fmt_ratio(ratio)))
-        elif result["errors"]:
-            verdict = f"{result['errors']} errors"
+        ratio = result["requests_per_s"] / base["requests_per_s"]
+        verdict = _scale_verdict(result, base, ratio)
+        checks.append(Check("scale", label, target, verdict, _fmt_ratio(ratio)))
         rows.append(
-            [label, f"{result['requests_per_s']:,.0f}", _fmt_ratio(ratio), row_target, verdict]
+            [
+                label,
+                f"{result['requests_per_s']:,.0f}",
+                f"{base['requests_per_s']:,.0f}",
+                _fmt_ratio(ratio),
+                target,
+                verdict,
+            ]
         )
-    title = (
-        "## Scale: inferfront closed loop (wrk as above), against 1 replica and 1 endpoint\n\n"
-        "Base = mean of the base runs. Replica rows: one endpoint whose deployment lists N model "
-        "addresses (one nginx listening on N ports). Endpoint rows: N endpoints, one replica each, "
-        "requests spread over them round robin."
+    explanation = (
+        "Base: a second router with 1 replica and 1 endpoint, running at the same time and taking "
+        "turns with the configuration measured. Replica rows: one endpoint whose deployment lists "
+        "N model addresses (one nginx listening on N ports). Endpoint rows: N endpoints, one "
+        "replica each, requests spread over them round robin."
     )
-    header = ["configuration", "requests/s", "vs base", "target", "result"]
-    return title + "\n\n" + _table(header, rows, numeric_columns={1, 2})
+    header = ["configuration", "requests/s", "base requests/s", "vs base", "target", "result"]
+    return f"{title}\n\n{explanation}\n\n{_table(header, rows, numeric_columns={1, 2, 3})}"
 
 
-def _scale_verdict(result: Mapping[str, Any], ratio: float | None) -> str:
-    if result["errors"]:
-        return f"FAIL ({result['errors']} errors)"
-    if ratio is None:
-        return "NOT MEASURED (no base run)"
+def _scale_verdict(result: Mapping[str, Any], base: Mapping[str, Any], ratio: float) -> str:
+    if result["errors"] or base["errors"]:
+        return f"FAIL ({result['errors']} errors, base {base['errors']})"
     return "PASS" if ratio >= SCALE_MIN_VS_BASE else "FAIL"
 
 

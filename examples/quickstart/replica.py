@@ -207,6 +207,11 @@ class ReplicaHandler(BaseHTTPRequestHandler):
         pass
 
 
+class ReplicaServer(ThreadingHTTPServer):
+    # Do not wait on idle keep-alive connections at shutdown: the router may hold some open.
+    block_on_close = False
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve the quickstart iris model.")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
@@ -219,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ReplicaHandler.bundle, trained_now = ensure_model()
     if trained_now:
         print("model.pkl was missing or stale: trained it", file=sys.stderr, flush=True)
-    server = ThreadingHTTPServer((args.host, args.port), ReplicaHandler)
+    server = ReplicaServer((args.host, args.port), ReplicaHandler)
     # SIGTERM (how the router stops replicas) ends serve_forever like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"READY {server.server_address[1]}", flush=True)

@@ -1,8 +1,8 @@
 """The client side of the proxy: one `ClientConnection` per accepted TCP connection.
 
 It parses requests with llhttp (httptools) with no leniency turned on, and runs them one at a
-time in arrival order: pipelined requests wait in `exchanges` (bounded, because reading pauses
-after each complete request until its answer is written).
+time in arrival order: pipelined requests wait in `exchanges` (bounded: reading pauses once
+PIPELINE_DEPTH requests wait for their answers).
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from inferfront.proxy.exchange import DONE, HEAD, Exchange, RequestRejected
 
 if TYPE_CHECKING:
     from inferfront.proxy.server import Proxy
+
+
+# Requests a client may send ahead of their answers before reading pauses.
+PIPELINE_DEPTH = 4
 
 
 class ClientConnection(asyncio.Protocol):
@@ -128,8 +132,10 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.parsing
         self.parsing = None
         exchange.on_message_complete()  # type: ignore[union-attr]
-        if exchange.state != DONE:  # type: ignore[union-attr]
-            # Not answered yet: read no further request until it is (bounds pipelining).
+        if len(self.exchanges) >= PIPELINE_DEPTH and exchange.state != DONE:  # type: ignore[union-attr]
+            # Requests pipelined ahead of their answers: read no more until one is answered.
+            # (Not paused for the usual one-at-a-time client: pausing and resuming reading
+            # costs two epoll_ctl calls per request.)
             self._paused_for_answer = True
             self._update_reading()
 

@@ -63,6 +63,7 @@ class Exchange:
         "close_after",
         "content_length",
         "deadline",
+        "decided_by",
         "deployment",
         "endpoint",
         "expect_continue",
@@ -93,6 +94,7 @@ class Exchange:
         "t_granted",
         "t_start",
         "t_upstream_done",
+        "ticket",
         "timer",
         "upconn",
         "upstream_head",
@@ -133,6 +135,8 @@ class Exchange:
         self.timer: asyncio.TimerHandle | None = None
         self.queue_timer: asyncio.TimerHandle | None = None
         self.attempts = 0
+        self.ticket = 0  # a cluster broker's number for this request while it waits
+        self.decided_by: str | None = None  # the coordinator that granted the slot, if remote
         self.active = False  # Waiter protocol: True while queued
         self.resp_started = False
         self.resp_head_sent = False
@@ -225,8 +229,6 @@ class Exchange:
             self._reject_and_close(413, "The request body is larger than this router accepts.")
         if self.reject is not None:
             self.close_after = True
-        if self.content_length == 0:
-            self.content_length = None
 
     def _reject_and_close(self, status: int, message: str) -> None:
         self.reject = (status, message)
@@ -273,7 +275,7 @@ class Exchange:
         if self.pin is None and endpoint.mirror is not None:
             client.mirror(self, endpoint)
             self._send_mirror()  # the body may be complete already
-        replica = deployment.table.try_acquire()
+        replica = deployment.slots.try_acquire()
         if replica is not None:
             self.t_granted = self.t_start
             self._use(replica)
@@ -281,7 +283,7 @@ class Exchange:
         self.active = True
         self.state = QUEUED
         try:
-            deployment.table.enqueue(self)  # may grant at once
+            deployment.slots.enqueue(self)  # may grant at once
         except QueueFull:
             self.active = False
             self.respond_error(
@@ -290,12 +292,12 @@ class Exchange:
             return
         if self.state != QUEUED:
             return
-        if deployment.table.ready_count or deployment.scaler is None:
+        if deployment.slots.ready_count or not deployment.scales_from_zero:
             self.queue_timer = loop.call_later(deployment.queue_wait_s, self._on_queue_timeout)
         else:
             # No replica is ready yet (scaling from zero, or all starting): wait for one,
             # bounded by the request timeout rather than the queue wait.
-            deployment.scaler.wake()
+            deployment.queued_at_coordinator()
 
     def _build_upstream_head(self, target: bytes) -> bytes:
         client = self.client
@@ -581,12 +583,17 @@ class Exchange:
             self.out.clear()
             self.respond_error(502, why.rstrip(".") + ".")
 
+    def refuse(self, status: int, message: str) -> None:
+        """Waiter protocol (cluster): the coordinator turned this queued request away."""
+        if self.state == QUEUED:
+            self.respond_error(status, message)
+
     def fail_request(self, status: int, message: str) -> None:
         """The request itself turned out bad mid-body (too large, broken chunking)."""
         if self.state == DONE:
             return
         if self.state == QUEUED:
-            self.deployment.table.cancel(self)  # type: ignore[union-attr]
+            self.deployment.slots.cancel(self)  # type: ignore[union-attr]
         conn = self.upconn
         self.upconn = None
         if conn is not None:
@@ -609,13 +616,13 @@ class Exchange:
             if self.body_sent_upstream:
                 self.pending = self._replay_body()
             self.body_sent_upstream = False
-            replica = deployment.table.try_acquire(jump_queue=True)  # type: ignore[union-attr]
+            replica = deployment.slots.try_acquire(jump_queue=True)  # type: ignore[union-attr]
             if replica is not None:
                 self._use(replica)
                 return
             self.state = QUEUED
             self.active = True
-            deployment.table.enqueue(self, front=True)  # type: ignore[union-attr]
+            deployment.slots.enqueue(self, front=True)  # type: ignore[union-attr]
             return
         self.respond_error(status, message)
 
@@ -631,7 +638,7 @@ class Exchange:
     def _on_queue_timeout(self) -> None:
         self.queue_timer = None
         if self.state == QUEUED:
-            self.deployment.table.cancel(self)  # type: ignore[union-attr]
+            self.deployment.slots.cancel(self)  # type: ignore[union-attr]
             self.respond_error(503, "No replica became free within max_queue_wait_ms; retry later.")
 
     def _on_deadline(self) -> None:
@@ -640,7 +647,7 @@ class Exchange:
         if state == DONE:
             return
         if state == QUEUED:
-            self.deployment.table.cancel(self)  # type: ignore[union-attr]
+            self.deployment.slots.cancel(self)  # type: ignore[union-attr]
         conn = self.upconn
         self.upconn = None
         if conn is not None:
@@ -659,7 +666,7 @@ class Exchange:
         if state == DONE:
             return
         if state == QUEUED:
-            self.deployment.table.cancel(self)  # type: ignore[union-attr]
+            self.deployment.slots.cancel(self)  # type: ignore[union-attr]
         conn = self.upconn
         self.upconn = None
         if conn is not None:
@@ -721,7 +728,7 @@ class Exchange:
         replica = self.replica
         if replica is not None:
             self.replica = None
-            self.deployment.table.release(replica)  # type: ignore[union-attr]
+            self.deployment.slots.release(replica)  # type: ignore[union-attr]
 
     def _done(self, status: int, abort: bool = False) -> None:
         if self.state == DONE:

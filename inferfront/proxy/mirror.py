@@ -78,13 +78,13 @@ class MirrorCopy:
         """The client's request is complete: send the copy if a slot is free right now."""
         if self.body is None:
             return
-        replica = self.deployment.table.try_acquire()
+        replica = self.deployment.slots.try_acquire()
         if replica is None:
             self.sender.skipped += 1
             return
         pool = self.deployment.pools.get(replica.address)
         if pool is None:
-            self.deployment.table.release(replica)
+            self.deployment.slots.release(replica)
             return
         self.replica = replica
         loop = self.sender.loop
@@ -127,7 +127,7 @@ class MirrorCopy:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.deployment.table.release(replica)
+        self.deployment.slots.release(replica)
         elapsed = self.sender.loop.time() - self.t0
         self.deployment.stats.record(status, 0.0, elapsed, elapsed)
 

@@ -4,7 +4,6 @@ request ends (counters, access log)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -41,16 +40,16 @@ class Proxy:
         self.server: asyncio.AbstractServer | None = None
 
     async def listen(
-        self, host: str, port: int, *, sock: socket.socket | None = None
+        self, host: str, port: int, reuse_port: bool = False
     ) -> asyncio.AbstractServer:
-        if sock is not None:
-            self.server = await self.loop.create_server(
-                lambda: ClientConnection(self), sock=sock, backlog=4096
-            )
-        else:
-            self.server = await self.loop.create_server(
-                lambda: ClientConnection(self), host, port, backlog=4096, reuse_address=True
-            )
+        self.server = await self.loop.create_server(
+            lambda: ClientConnection(self),
+            host,
+            port,
+            backlog=4096,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
         return self.server
 
     @property
@@ -104,4 +103,5 @@ class Proxy:
                 bytes_in=exchange.body_received,
                 bytes_out=exchange.bytes_out,
                 instance=self.instance,
+                decided_by=exchange.decided_by or self.instance,
             )

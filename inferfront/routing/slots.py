@@ -92,6 +92,31 @@ class SlotTable:
         self.inflight -= replica.inflight
         return replica
 
+    # -- taking over as coordinator ---------------------------------------------------------
+
+    def reset_inflight(self) -> None:
+        """Forget every count (a new coordinator rebuilds them from the front-ends' reports)."""
+        for replica in self.replicas.values():
+            if replica.inflight:
+                self._move(replica, 0)
+        self.inflight = 0
+
+    def restore_inflight(self, name: str, count: int) -> None:
+        """Count `count` more requests in flight on a replica (reported by a front-end)."""
+        replica = self.replicas.get(name)
+        if replica is None or count <= 0:
+            return
+        self._move(replica, replica.inflight + count)
+        self.inflight += count
+
+    def _move(self, replica: Replica, inflight: int) -> None:
+        if replica.routable and replica.inflight < self.limit:
+            del self._levels[replica.inflight][replica]
+        replica.inflight = inflight
+        if replica.routable and inflight < self.limit:
+            self._levels[inflight][replica] = None
+            self._lowest = min(self._lowest, inflight)
+
     def _set_routable(self, replica: Replica, routable: bool) -> None:
         if routable == replica.routable:
             return
@@ -145,7 +170,7 @@ class SlotTable:
         level = replica.inflight
         replica.inflight = level - 1
         self.inflight -= 1
-        if replica.routable:
+        if replica.routable and level <= self.limit:  # above the limit only after a rebuild
             if level < self.limit:
                 del self._levels[level][replica]
             self._levels[level - 1][replica] = None

@@ -186,8 +186,9 @@ class LocalProcessRuntime:
             raise ValueError("replica count must not be negative")
         async with self._lock:
             if self._stopped:
-                self._log.info("deployment %s: stopped, ignoring scale_to(%d)",
-                               self.deployment_name, count)
+                self._log.info(
+                    "deployment %s: stopped, ignoring scale_to(%d)", self.deployment_name, count
+                )
                 return
             live = self._live()
             surplus = len(live) + len(self._pending) - count
@@ -230,8 +231,9 @@ class LocalProcessRuntime:
 
     def replicas(self) -> list[ReplicaInfo]:
         return [
-            ReplicaInfo(r.name, self.host, r.port, r.process.pid, r.state,
-                        r.lineage.restarts, r.started_at)
+            ReplicaInfo(
+                r.name, self.host, r.port, r.process.pid, r.state, r.lineage.restarts, r.started_at
+            )
             for r in self._replicas.values()
         ]
 
@@ -245,16 +247,24 @@ class LocalProcessRuntime:
             avoid.add(lineage.last_port)
         port = pick_free_port(self.host, avoid)
         process, exited = await _spawn_process(self._argv(port), self._cwd, self._env)
-        replica = _Replica(name, port, process, exited, lineage,
-                           asyncio.get_running_loop().time())
+        replica = _Replica(name, port, process, exited, lineage, asyncio.get_running_loop().time())
         self._replicas[name] = replica
-        self._log.info("[%s/%s] started pid %d on port %d", self.deployment_name, name,
-                       process.pid, port, extra=self._extra(replica))
+        self._log.info(
+            "[%s/%s] started pid %d on port %d",
+            self.deployment_name,
+            name,
+            process.pid,
+            port,
+            extra=self._extra(replica),
+        )
         self._events.replica_added(name, self.host, port)
         replica.pump = self._spawn(self._pump_output(replica), f"{name}-output")
         self._spawn(self._watch_exit(replica), f"{name}-exit")
         replica.readiness = ReadinessWatch(
-            self.host, port, self._readiness, self._startup_poll_s,
+            self.host,
+            port,
+            self._readiness,
+            self._startup_poll_s,
             on_change=lambda ready: self._readiness_changed(replica, ready),
         )
         replica.tasks = [
@@ -267,14 +277,17 @@ class LocalProcessRuntime:
         try:
             await self._launch(lineage)
         except OSError as exc:
-            self._log.error("deployment %s: cannot launch a replica: %s",
-                            self.deployment_name, exc)
-            self._schedule_replacement(lineage, was_ready=False, uptime=0.0, port=None,
-                                       replacing="a replica that failed to launch")
+            self._log.error("deployment %s: cannot launch a replica: %s", self.deployment_name, exc)
+            self._schedule_replacement(
+                lineage,
+                was_ready=False,
+                uptime=0.0,
+                port=None,
+                replacing="a replica that failed to launch",
+            )
 
     def _argv(self, port: int) -> list[str]:
-        argv = [a.replace("{port}", str(port)).replace("{host}", self.host)
-                for a in self._command]
+        argv = [a.replace("{port}", str(port)).replace("{host}", self.host) for a in self._command]
         if argv[0] in _PYTHON_ALIASES:
             argv[0] = sys.executable  # replicas run in the router's virtualenv
         return argv
@@ -288,14 +301,19 @@ class LocalProcessRuntime:
             try:
                 line = await stream.readline()
             except ValueError:  # one line over the stream limit: dropped by the reader
-                self._log.warning("[%s/%s] <overlong output line dropped>",
-                                  self.deployment_name, replica.name, extra=self._extra(replica))
+                self._log.warning(
+                    "[%s/%s] <overlong output line dropped>",
+                    self.deployment_name,
+                    replica.name,
+                    extra=self._extra(replica),
+                )
                 continue
             if not line:
                 return
             text = line.decode("utf-8", "replace").rstrip("\r\n")
-            self._log.info("[%s/%s] %s", self.deployment_name, replica.name, text,
-                           extra=self._extra(replica))
+            self._log.info(
+                "[%s/%s] %s", self.deployment_name, replica.name, text, extra=self._extra(replica)
+            )
 
     async def _watch_exit(self, replica: _Replica) -> None:
         await replica.exited.wait()
@@ -303,13 +321,23 @@ class LocalProcessRuntime:
         if replica.teardown is not None:
             return  # we stopped it; the teardown reports the removal
         uptime = asyncio.get_running_loop().time() - replica.launched_at
-        self._log.warning("[%s/%s] exited on its own (%s) after %.1f s", self.deployment_name,
-                          replica.name, _describe_exit(returncode), uptime,
-                          extra=self._extra(replica))
+        self._log.warning(
+            "[%s/%s] exited on its own (%s) after %.1f s",
+            self.deployment_name,
+            replica.name,
+            _describe_exit(returncode),
+            uptime,
+            extra=self._extra(replica),
+        )
         _cancel_all(replica.tasks)
         self._forget(replica)
-        self._schedule_replacement(replica.lineage, was_ready=replica.ever_ready,
-                                   uptime=uptime, port=replica.port, replacing=replica.name)
+        self._schedule_replacement(
+            replica.lineage,
+            was_ready=replica.ever_ready,
+            uptime=uptime,
+            port=replica.port,
+            replacing=replica.name,
+        )
 
     def _readiness_changed(self, replica: _Replica, ready: bool) -> None:
         if replica.teardown is not None:
@@ -317,17 +345,28 @@ class LocalProcessRuntime:
         if ready:
             self._set_ready(replica)
         else:
-            self._set_unready(replica, f"readiness probe failed "
-                                       f"{self._readiness.failure_threshold} times in a row")
+            self._set_unready(
+                replica,
+                f"readiness probe failed {self._readiness.failure_threshold} times in a row",
+            )
 
     def _set_ready(self, replica: _Replica) -> None:
         if replica.state == "starting":
             took = asyncio.get_running_loop().time() - replica.launched_at
-            self._log.info("[%s/%s] ready after %.1f s", self.deployment_name, replica.name,
-                           took, extra=self._extra(replica))
+            self._log.info(
+                "[%s/%s] ready after %.1f s",
+                self.deployment_name,
+                replica.name,
+                took,
+                extra=self._extra(replica),
+            )
         else:
-            self._log.info("[%s/%s] ready again", self.deployment_name, replica.name,
-                           extra=self._extra(replica))
+            self._log.info(
+                "[%s/%s] ready again",
+                self.deployment_name,
+                replica.name,
+                extra=self._extra(replica),
+            )
         replica.state = "ready"
         replica.ever_ready = True
         replica.lineage = replica.lineage.after_ready()
@@ -336,8 +375,13 @@ class LocalProcessRuntime:
     def _set_unready(self, replica: _Replica, reason: str) -> None:
         if replica.state != "ready":
             return  # never announced ready: nothing to take back
-        self._log.warning("[%s/%s] unready: %s", self.deployment_name, replica.name, reason,
-                          extra=self._extra(replica))
+        self._log.warning(
+            "[%s/%s] unready: %s",
+            self.deployment_name,
+            replica.name,
+            reason,
+            extra=self._extra(replica),
+        )
         replica.state = "unready"
         self._events.replica_ready(replica.name, False)
 
@@ -355,14 +399,23 @@ class LocalProcessRuntime:
     def _restart_unresponsive(self, replica: _Replica) -> None:
         if self._stopped or replica.teardown is not None:
             return
-        self._log.warning("[%s/%s] liveness probe failed %d times in a row: restarting",
-                          self.deployment_name, replica.name, self._liveness.failure_threshold,
-                          extra=self._extra(replica))
+        self._log.warning(
+            "[%s/%s] liveness probe failed %d times in a row: restarting",
+            self.deployment_name,
+            replica.name,
+            self._liveness.failure_threshold,
+            extra=self._extra(replica),
+        )
         uptime = asyncio.get_running_loop().time() - replica.launched_at
         self._begin_teardown(replica, drain=False, deadline=0.0)
         # Scheduled now, not after the kill, so the target count never dips.
-        self._schedule_replacement(replica.lineage, was_ready=replica.ever_ready,
-                                   uptime=uptime, port=replica.port, replacing=replica.name)
+        self._schedule_replacement(
+            replica.lineage,
+            was_ready=replica.ever_ready,
+            uptime=uptime,
+            port=replica.port,
+            replacing=replica.name,
+        )
 
     # --- replacing ------------------------------------------------------------------------
 
@@ -377,10 +430,16 @@ class LocalProcessRuntime:
     ) -> None:
         if self._stopped:
             return
-        successor, delay = next_restart(lineage, was_ready=was_ready, uptime=uptime, port=port,
-                                        backoff=self._backoff)
-        self._log.info("deployment %s: replacing %s in %.2f s (restart %d)",
-                       self.deployment_name, replacing, delay, successor.restarts)
+        successor, delay = next_restart(
+            lineage, was_ready=was_ready, uptime=uptime, port=port, backoff=self._backoff
+        )
+        self._log.info(
+            "deployment %s: replacing %s in %.2f s (restart %d)",
+            self.deployment_name,
+            replacing,
+            delay,
+            successor.restarts,
+        )
         task = self._spawn(self._replace_after(delay, successor), "replacement")
         self._pending.add(task)
 
@@ -428,9 +487,13 @@ class LocalProcessRuntime:
             if inflight <= 0:
                 return
             if loop.time() >= replica.drain_deadline:
-                self._log.warning("[%s/%s] drain timed out with %d requests in flight; "
-                                  "stopping anyway", self.deployment_name, replica.name,
-                                  inflight, extra=self._extra(replica))
+                self._log.warning(
+                    "[%s/%s] drain timed out with %d requests in flight; stopping anyway",
+                    self.deployment_name,
+                    replica.name,
+                    inflight,
+                    extra=self._extra(replica),
+                )
                 return
             await asyncio.sleep(DRAIN_POLL_S)
 
@@ -441,13 +504,22 @@ class LocalProcessRuntime:
             async with asyncio.timeout(KILL_GRACE_S):
                 await replica.exited.wait()
         except TimeoutError:
-            self._log.warning("[%s/%s] still running %.0f s after SIGTERM: SIGKILL",
-                              self.deployment_name, replica.name, KILL_GRACE_S,
-                              extra=self._extra(replica))
+            self._log.warning(
+                "[%s/%s] still running %.0f s after SIGTERM: SIGKILL",
+                self.deployment_name,
+                replica.name,
+                KILL_GRACE_S,
+                extra=self._extra(replica),
+            )
             _signal_group(process, signal.SIGKILL)
             await replica.exited.wait()
-        self._log.info("[%s/%s] stopped (%s)", self.deployment_name, replica.name,
-                       _describe_exit(process.returncode), extra=self._extra(replica))
+        self._log.info(
+            "[%s/%s] stopped (%s)",
+            self.deployment_name,
+            replica.name,
+            _describe_exit(process.returncode),
+            extra=self._extra(replica),
+        )
         if replica.pump is not None:
             # A grandchild holding the pipe open must not hold up the stop.
             _, still_reading = await asyncio.wait({replica.pump}, timeout=OUTPUT_DRAIN_S)
@@ -487,8 +559,12 @@ class LocalProcessRuntime:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self._log.error("deployment %s: task %s failed", self.deployment_name,
-                            task.get_name(), exc_info=task.exception())
+            self._log.error(
+                "deployment %s: task %s failed",
+                self.deployment_name,
+                task.get_name(),
+                exc_info=task.exception(),
+            )
 
     def _extra(self, replica: _Replica) -> dict[str, str]:
         return {"deployment": self.deployment_name, "replica": replica.name}
@@ -581,8 +657,7 @@ def _load_prctl() -> Callable[..., int] | None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
     return prctl
 

@@ -70,16 +70,24 @@ class StaticRuntime:
         self._started = True
         for replica in self._replicas:
             replica.readiness = ReadinessWatch(
-                replica.host, replica.port, self._readiness, self._startup_poll_s,
+                replica.host,
+                replica.port,
+                self._readiness,
+                self._startup_poll_s,
                 on_change=lambda ready, r=replica: self._readiness_changed(r, ready),
             )
             self._events.replica_added(replica.name, replica.host, replica.port)
         await asyncio.gather(*(self._watch(r).probe_once() for r in self._replicas))
         for replica in self._replicas:
             if replica.state == "starting":
-                self._log.warning("[%s/%s] %s:%d does not answer its readiness probe yet",
-                                  self.deployment_name, replica.name, replica.host,
-                                  replica.port, extra=self._extra(replica))
+                self._log.warning(
+                    "[%s/%s] %s:%d does not answer its readiness probe yet",
+                    self.deployment_name,
+                    replica.name,
+                    replica.host,
+                    replica.port,
+                    extra=self._extra(replica),
+                )
             replica.probing = asyncio.create_task(
                 self._watch(replica).run(), name=f"{replica.name}-readiness"
             )
@@ -88,8 +96,11 @@ class StaticRuntime:
         """Static replicas cannot be scaled: logged and ignored."""
         if count != self._ignored_scale:
             self._ignored_scale = count
-            self._log.info("deployment %s: static replicas (urls) cannot be scaled; "
-                           "ignoring scale_to(%d)", self.deployment_name, count)
+            self._log.info(
+                "deployment %s: static replicas (urls) cannot be scaled; ignoring scale_to(%d)",
+                self.deployment_name,
+                count,
+            )
 
     async def stop(self, timeout: float) -> None:
         """Stop probing, drain (bounded by `timeout`), remove. Idempotent."""
@@ -128,12 +139,18 @@ class StaticRuntime:
         if replica.state == "draining":
             return
         if ready:
-            self._log.info("[%s/%s] ready", self.deployment_name, replica.name,
-                           extra=self._extra(replica))
+            self._log.info(
+                "[%s/%s] ready", self.deployment_name, replica.name, extra=self._extra(replica)
+            )
             replica.state = "ready"
         elif replica.state == "ready":
-            self._log.warning("[%s/%s] unready: %s", self.deployment_name, replica.name,
-                              reason, extra=self._extra(replica))
+            self._log.warning(
+                "[%s/%s] unready: %s",
+                self.deployment_name,
+                replica.name,
+                reason,
+                extra=self._extra(replica),
+            )
             replica.state = "unready"
         else:
             return  # never announced ready: nothing to take back
@@ -157,13 +174,19 @@ class StaticRuntime:
     async def _wait_drained(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            busy = {r.name: n for r in self._replicas
-                    if (n := self._events.replica_inflight(r.name)) > 0}
+            busy = {
+                r.name: n
+                for r in self._replicas
+                if (n := self._events.replica_inflight(r.name)) > 0
+            }
             if not busy:
                 return
             if loop.time() >= deadline:
-                self._log.warning("deployment %s: drain timed out with requests in flight: %s",
-                                  self.deployment_name, busy)
+                self._log.warning(
+                    "deployment %s: drain timed out with requests in flight: %s",
+                    self.deployment_name,
+                    busy,
+                )
                 return
             await asyncio.sleep(DRAIN_POLL_S)
 

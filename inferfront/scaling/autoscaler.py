@@ -3,6 +3,19 @@
 Samples every `sample_interval_s` (100 ms) from the routing table, decides every polling
 interval with `decide()` (policy.py), and calls `runtime.scale_to()` when the desired count
 changes. Time comes from an injected clock; the loop is the only place that waits.
+
+Decisions worth knowing:
+- Requests waiting in the router's queue mean capacity is short now: a sample showing any is
+  decided on at once rather than at the next polling interval (the policy allows deciding more
+  often; only scale-up reacts sooner, and it still needs demand held for `burst_confirm_s` or a
+  mean over the interval). At zero replicas the proxy also calls `wake()`, so the first request
+  does not even wait for the next sample.
+- One `scale_to` runs at a time. A target decided while one runs is remembered and applied as
+  soon as it returns, so a quick second decision is never lost or delayed to the next poll.
+- `stop()` lets a `scale_to` in progress finish (bounded): cancelling it in the middle of a
+  launch could leave a process the runtime never registered.
+- `snapshot()` is JSON-safe: utilization is infinite when requests wait at zero replicas, and
+  JSON has no Infinity, so it is reported as null then.
 """
 
 from __future__ import annotations
@@ -10,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from inferfront.scaling.policy import Decision, ScalePolicy, decide, initial_state
 from inferfront.scaling.sampler import Sample
@@ -27,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("inferfront.scaling")
 
 DECISIONS_KEPT = 50
+STOP_GRACE_S = 10.0  # how long stop() lets a scale_to in progress finish before cancelling it
 
 
 def policy_from_settings(settings: ScaleSettings) -> ScalePolicy:
@@ -37,6 +52,11 @@ def policy_from_settings(settings: ScaleSettings) -> ScalePolicy:
         polling_interval_s=settings.polling_interval,
         scale_down_delay_s=settings.scale_down_delay_s,
     )
+
+
+def finite_or_none(value: float, digits: int = 4) -> float | None:
+    """A rounded number for JSON, or None for infinity/NaN (which JSON cannot carry)."""
+    return round(value, digits) if math.isfinite(value) else None
 
 
 class Autoscaler:
@@ -61,11 +81,12 @@ class Autoscaler:
         self.state = initial_state(runtime.current, now)
         self.next_decision = now + policy.polling_interval_s
         self.last_decision: Decision | None = None
-        self.decisions: deque[dict] = deque(maxlen=DECISIONS_KEPT)
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self.changes = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._scaling: asyncio.Task | None = None
+        self._scaling: asyncio.Task[None] | None = None
+        self._wanted: int | None = None  # the latest target handed to the scaling task
 
     # -- one step, no waiting: what the loop (and tests) call --------------------------------
 
@@ -83,42 +104,64 @@ class Autoscaler:
         return sample
 
     def step(self, now: float) -> Decision | None:
-        """Take a sample; at each polling interval (or when woken), decide and act."""
+        """Take a sample; each polling interval (or at once while requests are queued), decide
+        and act."""
         sample = self.sample(now)
-        urgent = sample.replicas == 0 and sample.queued > 0
-        if now < self.next_decision and not urgent:
+        scheduled = now >= self.next_decision
+        if not scheduled and not sample.queued:
             return None
-        self.next_decision = now + self.policy.polling_interval_s
+        if scheduled:  # early decisions leave the polling cadence alone
+            self.next_decision = now + self.policy.polling_interval_s
         decision = decide(self.policy, self.window, self.state, now)
+        previous = self.state.desired
         self.state = decision.state
         self.last_decision = decision
-        if decision.changed or decision.desired != self.runtime.current:
-            self._apply(decision, now)
+        if decision.changed:
+            self._record(previous, decision)
+            self._apply(decision.desired)
+        elif scheduled and decision.desired != self.runtime.current:
+            # Re-sync (a failed scale_to, a replica lost) once per interval, not every sample.
+            self._apply(decision.desired)
         return decision
 
-    def _apply(self, decision: Decision, now: float) -> None:
-        current = self.runtime.current
-        if decision.changed:
-            self.changes += 1
-            self.decisions.append(
-                {
-                    "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                    "from": current,
-                    "to": decision.desired,
-                    "reason": decision.reason,
-                }
-            )
-            log.info("deployment %s: %s", self.name, decision.reason)
-        if self._scaling is not None and not self._scaling.done():
-            return  # the runtime is converging already; the next step re-checks
-        self._scaling = asyncio.get_running_loop().create_task(
-            self.runtime.scale_to(decision.desired)
+    def _record(self, previous: int, decision: Decision) -> None:
+        self.changes += 1
+        self.decisions.append(
+            {
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "from": previous,
+                "to": decision.desired,
+                "replicas": self.runtime.current,
+                "reason": decision.reason,
+            }
         )
+        log.info("deployment %s: %s", self.name, decision.reason)
+
+    def _apply(self, desired: int) -> None:
+        self._wanted = desired
+        if self._scaling is not None and not self._scaling.done():
+            return  # the running task picks up the new target when its scale_to returns
+        self._scaling = asyncio.get_running_loop().create_task(
+            self._converge(), name=f"scale {self.name}"
+        )
+
+    async def _converge(self) -> None:
+        """Hand the runtime the latest target until no newer one arrived meanwhile."""
+        applied: int | None = None
+        while self._wanted is not None and self._wanted != applied:
+            applied = self._wanted
+            try:
+                await self.runtime.scale_to(applied)
+            except Exception:  # logged; the next polling interval asks again
+                log.exception("deployment %s: scale_to(%d) failed", self.name, applied)
+                return
 
     # -- the loop ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"autoscaler {self.name}"
+        )
 
     def wake(self) -> None:
         """A request is waiting at zero replicas: decide now rather than at the next poll."""
@@ -135,27 +178,35 @@ class Autoscaler:
                 await asyncio.wait_for(self._wake.wait(), self.sample_interval_s)
 
     async def stop(self) -> None:
-        for task in (self._task, self._scaling):
-            if task is not None:
+        """Stop deciding; a scale_to in progress finishes first (bounded by STOP_GRACE_S)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        scaling = self._scaling
+        if scaling is not None and not scaling.done():
+            self._wanted = None  # no further targets after this one
+            _, pending = await asyncio.wait({scaling}, timeout=STOP_GRACE_S)
+            for task in pending:
                 task.cancel()
-        for task in (self._task, self._scaling):
-            if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
     # -- telemetry ---------------------------------------------------------------------------
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
+        """The admin view; every value is JSON-serializable (utilization null when infinite)."""
         latest = self.window.latest
         decision = self.last_decision
         now = self.clock()
+        average = self.window.average(now, self.policy.polling_interval_s)
         return {
             "current": self.runtime.current,
             "ready": self.table.ready_count,
             "starting": self.runtime.starting,
             "desired": self.state.desired,
-            "utilization": round(latest.utilization, 4) if latest else 0.0,
-            "utilization_avg": round(self.window.average(now, self.policy.polling_interval_s), 4),
+            "utilization": finite_or_none(latest.utilization) if latest else 0.0,
+            "utilization_avg": finite_or_none(average),
             "target": self.policy.target,
             "min": self.policy.min_instances,
             "max": self.policy.max_instances,

@@ -22,11 +22,13 @@ from inferfront.runtime.probes import ProbeSpec, probe_http
 from tests.helpers import REPO_ROOT, async_wait_until
 
 MODEL_SERVER = ["python", "-m", "tests.servers.model_server", "--port", "{port}"]
-FAST_READINESS = ProbeSpec(path="/", initial_delay=0.0, period=0.1, timeout=2.0,
-                           success_threshold=1, failure_threshold=2)
+FAST_READINESS = ProbeSpec(
+    path="/", initial_delay=0.0, period=0.1, timeout=2.0, success_threshold=1, failure_threshold=2
+)
 # Liveness that never restarts anything unless a test asks for it.
-QUIET_LIVENESS = ProbeSpec(path="/stats?history=0", initial_delay=0.0, period=0.1, timeout=2.0,
-                           failure_threshold=1000)
+QUIET_LIVENESS = ProbeSpec(
+    path="/stats?history=0", initial_delay=0.0, period=0.1, timeout=2.0, failure_threshold=1000
+)
 WAIT = 15.0  # generous deadline for conditions polled below (never a sleep)
 LOG = logging.getLogger("tests.runtime.local")
 
@@ -155,8 +157,9 @@ def pid_alive(pid: int) -> bool:
 
 async def set_health(port: int, status: int) -> None:
     async with httpx.AsyncClient(timeout=10.0) as client:
-        response = await client.post(f"http://127.0.0.1:{port}/control/health",
-                                     params={"status": status})
+        response = await client.post(
+            f"http://127.0.0.1:{port}/control/health", params={"status": status}
+        )
     response.raise_for_status()
 
 
@@ -215,8 +218,9 @@ async def test_killed_replica_is_removed_and_replaced_after_backoff(build: Build
 
 
 async def test_replica_crashing_at_once_is_retried_with_doubling_backoff(build: Build) -> None:
-    runtime, events = build(command=["python", "-c", "import sys; sys.exit(3)", "{port}"],
-                            restart_backoff=(0.05, 0.2))
+    runtime, events = build(
+        command=["python", "-c", "import sys; sys.exit(3)", "{port}"], restart_backoff=(0.05, 0.2)
+    )
     await runtime.start()
     await async_wait_until(lambda: len(events.names("added")) >= 6, WAIT)
     await runtime.stop(1.0)
@@ -236,8 +240,7 @@ def test_restart_backoff_policy() -> None:
     lineage = Lineage()
     delays = []
     for _ in range(6):
-        lineage, delay = next_restart(lineage, was_ready=False, uptime=0.1, port=1,
-                                      backoff=backoff)
+        lineage, delay = next_restart(lineage, was_ready=False, uptime=0.1, port=1, backoff=backoff)
         delays.append(delay)
     assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0]
     assert lineage.restarts == 6
@@ -245,8 +248,10 @@ def test_restart_backoff_policy() -> None:
     # Up over 30 s, or ready at some point: the backoff starts over (no free port retry).
     assert next_restart(lineage, was_ready=False, uptime=31.0, port=1, backoff=backoff)[1] == 0.5
     assert next_restart(lineage, was_ready=True, uptime=1.0, port=1, backoff=backoff)[1] == 0.5
-    assert next_restart(lineage.after_ready(), was_ready=False, uptime=0.1, port=1,
-                        backoff=backoff)[1] == 0.0
+    assert (
+        next_restart(lineage.after_ready(), was_ready=False, uptime=0.1, port=1, backoff=backoff)[1]
+        == 0.0
+    )
     # A slow crash before ever answering is no port race: it backs off.
     assert next_restart(Lineage(), was_ready=False, uptime=5.0, port=1, backoff=backoff)[1] == 0.5
 
@@ -274,8 +279,7 @@ async def test_liveness_failures_restart_the_replica(build: Build) -> None:
     readiness = ProbeSpec(path="/stats?history=0", initial_delay=0.0, period=0.1, timeout=2.0)
     # Like Kubernetes, liveness counts from `initial_delay` after launch, ready or not: the
     # delay gives each replacement time to come up before failures count.
-    liveness = ProbeSpec(path="/", initial_delay=1.0, period=0.1, timeout=2.0,
-                         failure_threshold=3)
+    liveness = ProbeSpec(path="/", initial_delay=1.0, period=0.1, timeout=2.0, failure_threshold=3)
     runtime, events = build(readiness=readiness, liveness=liveness)
     await runtime.start()
     await async_wait_until(lambda: events.ready_names() == {"dep-0"}, WAIT)
@@ -456,8 +460,12 @@ async def test_router_killed_with_sigkill_leaves_no_orphan(tmp_path: Path) -> No
     script = tmp_path / "router.py"
     script.write_text(ROUTER_SCRIPT)
     router = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), str(REPO_ROOT), cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        str(script),
+        str(REPO_ROOT),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
     )
     try:
         assert router.stdout is not None

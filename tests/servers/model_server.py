@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections import deque
 from http import HTTPStatus
 from typing import Any, cast
@@ -342,6 +343,10 @@ class ModelServerProtocol(asyncio.Protocol):
                 request = self._pending.popleft()
                 if not self._answer_now(request):
                     await self._answer_later(request)
+        except Exception:
+            # A bug here must not leave the client waiting forever: report it and hang up.
+            traceback.print_exc()
+            self._close()
         finally:
             self._worker = None
 

@@ -1,0 +1,157 @@
+"""This instance as a member of a cluster of front-ends: membership, coordinator election, the
+coordinator service, and the brokers that send every deployment's decisions to its coordinator.
+
+Every `RESOLVE_INTERVAL_S` (and at once when a coordinator link drops) the node re-reads the
+membership, lets the elector claim free leases, and points each broker at the current holder of
+its deployment's lease: itself (no network hop) or another instance over one persistent link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from inferfront.cluster.membership import Elector, Member
+from inferfront.coordinator.broker import LOCAL_LINK, Broker, ClusterClient
+from inferfront.coordinator.service import CoordinatorService
+
+if TYPE_CHECKING:
+    from inferfront.cluster.membership import Membership
+    from inferfront.endpoints import DeploymentState
+
+log = logging.getLogger("inferfront.coordinator")
+
+RESOLVE_INTERVAL_S = 0.2
+
+
+def config_hash(keys: list[str], text: str) -> str:
+    return hashlib.sha256((text + "\0" + "\0".join(keys)).encode()).hexdigest()[:16]
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        instance_id: str,
+        deployments: list[DeploymentState],
+        membership_factory,
+        *,
+        config_text: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_role_change=None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.deployments = sorted(deployments, key=lambda d: d.key)
+        self.keys = [d.key for d in self.deployments]
+        self.config_hash = config_hash(self.keys, config_text)
+        self.host = host
+        self.port = port
+        self._membership_factory = membership_factory
+        self.membership: Membership | None = None
+        self.service = CoordinatorService(instance_id, self.config_hash, self.deployments)
+        self.client = ClusterClient(instance_id, self.config_hash)
+        self.brokers: list[Broker] = []
+        self.coordinating_since: dict[str, float] = {}
+        self._on_role_change = on_role_change
+        self._task: asyncio.Task | None = None
+        self._elector: Elector | None = None
+
+    async def start(self) -> None:
+        port = await self.service.listen(self.host, self.port)
+        member = Member(self.instance_id, f"{self.host}:{port}", time.time())
+        self.membership = self._membership_factory(member)
+        await self.membership.join()
+        for dep, state in enumerate(self.deployments):
+            broker = Broker(self.client, dep, state.key, state.table, self.service)
+            self.brokers.append(broker)
+            state.slots = broker
+        self.client.brokers = self.brokers
+        self._elector = Elector(self.membership, self.keys, self._gained, self._lost)
+        await self._round()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    # -- roles ------------------------------------------------------------------------------
+
+    def _gained(self, key: str) -> None:
+        dep = self.keys.index(key)
+        members = [m.id for m in self.membership.members()]  # type: ignore[union-attr]
+        self.coordinating_since[key] = time.time()
+        self.brokers[dep].switch(LOCAL_LINK, members, time.time())
+        log.info("instance %s now coordinates %s", self.instance_id, key)
+        if self._on_role_change is not None:
+            self._on_role_change(self.deployments[dep], True)
+
+    def _lost(self, key: str) -> None:
+        dep = self.keys.index(key)
+        self.coordinating_since.pop(key, None)
+        self.service.roles.pop(dep, None)
+        self.brokers[dep].switch(None, [], 0.0)
+        log.warning("instance %s no longer coordinates %s", self.instance_id, key)
+        if self._on_role_change is not None:
+            self._on_role_change(self.deployments[dep], False)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self.client.wait_resolve(RESOLVE_INTERVAL_S)
+            try:
+                await self._round()
+            except Exception:  # keep trying: a failed round must not stop routing
+                log.exception("cluster round failed")
+
+    async def _round(self) -> None:
+        await self._elector.tick()  # type: ignore[union-attr]  # refreshes the membership too
+        for broker in self.brokers:
+            await self._point(broker)
+
+    async def _point(self, broker: Broker) -> None:
+        holder = self.membership.holder(broker.key)  # type: ignore[union-attr]
+        if holder is None:
+            if broker.link is not None and not broker.link.local:
+                broker.switch(None, [], 0.0)
+            return
+        if holder.holder_id == self.instance_id:
+            return  # _gained already pointed it here
+        link = await self.client.link_to(holder.holder_id, holder.address)
+        if link is None:
+            if broker.link is not None:
+                broker.switch(None, [], 0.0)
+            return
+        if broker.link is not link:
+            broker.switch(link, [], 0.0)
+        broker.resend_unsent()
+
+    # -- views ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        membership = self.membership
+        members = membership.members() if membership is not None else []
+        roles = []
+        for key in self.keys:
+            holder = membership.holder(key) if membership is not None else None
+            roles.append(
+                {
+                    "deployment": key,
+                    "coordinator": holder.holder_id if holder else None,
+                    "since": holder.since if holder else None,
+                }
+            )
+        return {
+            "instance": self.instance_id,
+            "members": [
+                {"id": m.id, "address": m.address, "started_at": m.started_at} for m in members
+            ],
+            "coordinators": roles,
+        }
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.client.close()
+        await self.service.close()
+        if self.membership is not None:
+            await self.membership.leave()

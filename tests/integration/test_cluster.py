@@ -1,0 +1,360 @@
+"""Three real `inferfront serve` processes sharing a --cluster-dir, in front of real model
+servers: the per-replica limit is global, no replica idles while a request waits anywhere, the
+instances agree on who coordinates, and the service survives SIGKILL of its coordinator and of a
+plain front-end.
+
+Clients pick an instance by its port (each instance has its own), so every request's instance
+is known. Numbers worth reporting are printed (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.cluster import (
+    KEY,
+    Cluster,
+    ClusterInstance,
+    LoadLoop,
+    Outcome,
+    burst,
+    cluster_config,
+    inferfront_cluster,  # noqa: F401
+    longest_gap,
+    peak_concurrency,
+    underused_spans,
+)
+from tests.helpers import ModelServerHandle, async_wait_until
+
+TAKEOVER_BUDGET_S = 2.0
+RELEASE_BUDGET_S = 2.0
+
+
+def targets(cluster: Cluster) -> list[tuple[str, int]]:
+    return [(instance.instance_id, instance.port) for instance in cluster.live()]
+
+
+async def table_of(instance: ClusterInstance) -> dict[str, Any]:
+    """The deployment as `instance` sees it (on the coordinator: the cluster-wide table)."""
+    document = await asyncio.to_thread(instance.deployments)
+    return document["endpoints"][0]["deployments"][0]
+
+
+async def coordinators_seen(instances: list[ClusterInstance]) -> list[str | None]:
+    views = await asyncio.gather(*(asyncio.to_thread(i.coordinators) for i in instances))
+    return [view.get(KEY) for view in views]
+
+
+def replica_urls(replicas: list[ModelServerHandle]) -> list[str]:
+    return [replica.url for replica in replicas]
+
+
+def report(title: str, **numbers: Any) -> None:
+    shown = ", ".join(f"{name}={value}" for name, value in numbers.items())
+    print(f"\n[cluster] {title}: {shown}")
+
+
+async def wait_access_log(instance: ClusterInstance, count: int) -> list[dict[str, Any]]:
+    """The access log is flushed every 100 ms: wait for `count` lines."""
+    return await async_wait_until(
+        lambda: (lines := instance.access_log()) and len(lines) >= count and lines,
+        timeout=5.0,
+        message=f"{count} access log lines from {instance.instance_id}",
+    )
+
+
+# -- the limit is global ----------------------------------------------------------------------
+
+CLIENTS = 300
+PER_CLIENT = 2
+LOAD_DELAY_MS = 5
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+async def test_300_clients_over_3_instances_never_exceed_the_limit(
+    inferfront_cluster, model_server, limit: int  # noqa: F811
+) -> None:
+    replicas = model_server.many(["r0", "r1", "r2"])
+    cluster = await asyncio.to_thread(
+        inferfront_cluster, cluster_config(replica_urls(replicas), limit=limit)
+    )
+    coordinator = await asyncio.to_thread(cluster.coordinator_of)
+
+    started = time.monotonic()
+    outcomes = await burst(targets(cluster), CLIENTS, PER_CLIENT, f"&delay_ms={LOAD_DELAY_MS}")
+    elapsed = time.monotonic() - started
+
+    total = CLIENTS * PER_CLIENT
+    failed = [o for o in outcomes if not o.ok]
+    assert not failed, Counter(str(o.status or o.error) for o in failed)
+    served_by = Counter(o.instance for o in outcomes)
+    assert sorted(served_by.values()) == [total // 3] * 3
+    stats = [await replica.astats() for replica in replicas]
+    peaks = [s["peak_inflight"] for s in stats]
+    report(
+        f"limit {limit}",
+        requests=total,
+        seconds=round(elapsed, 2),
+        peaks=peaks,
+        per_replica=[s["requests"] for s in stats],
+    )
+    assert all(peak <= limit for peak in peaks), peaks
+    assert all(peak_concurrency(s["timeline"]) <= limit for s in stats)
+    assert sum(s["requests"] for s in stats) == total
+    assert peaks == [limit] * 3  # the limit is reached, so it was really under test
+    document = await table_of(coordinator)
+    assert (document["inflight"], document["queue_length"]) == (0, 0)
+
+
+# -- work conserving --------------------------------------------------------------------------
+
+SLOW_DELAY_MS = 100
+SLOW_REQUESTS = 40
+
+
+async def test_no_replica_idles_while_a_request_waits_anywhere(
+    inferfront_cluster, model_server  # noqa: F811
+) -> None:
+    replicas = model_server.many(["r0", "r1"])
+    cluster = await asyncio.to_thread(
+        inferfront_cluster, cluster_config(replica_urls(replicas), limit=1)
+    )
+    coordinator = await asyncio.to_thread(cluster.coordinator_of)
+    slots = len(replicas)
+
+    job = asyncio.ensure_future(
+        burst(targets(cluster), SLOW_REQUESTS, 1, f"&delay_ms={SLOW_DELAY_MS}")
+    )
+
+    async def everyone_arrived() -> bool:
+        document = await table_of(coordinator)
+        return document["inflight"] == slots and document["queue_length"] == SLOW_REQUESTS - slots
+
+    await async_wait_until(everyone_arrived, timeout=10.0, interval=0.01)
+    all_queued = time.time()
+    outcomes = await asyncio.wait_for(job, 30)
+    assert all(o.ok for o in outcomes), Counter(str(o.status or o.error) for o in outcomes)
+
+    timelines = [(await replica.astats())["timeline"] for replica in replicas]
+    spans = [span for timeline in timelines for span in timeline]
+    first_start = min(start for start, _ in spans)
+    last_end = max(end for _, end in spans)
+    last_grant = max(start for start, _ in spans)
+    makespan = last_end - first_start
+    ideal = SLOW_REQUESTS / slots * SLOW_DELAY_MS / 1000
+    idle = [underused_spans(t, 1, all_queued, last_grant) for t in timelines]
+    longest = max((end - start for spans_ in idle for start, end in spans_), default=0.0)
+    total_idle = sum(end - start for spans_ in idle for start, end in spans_)
+    handoffs = SLOW_REQUESTS - slots
+    report(
+        "work conserving",
+        makespan_s=round(makespan, 3),
+        ideal_s=ideal,
+        longest_idle_ms=round(longest * 1000, 2),
+        mean_handoff_ms=round(total_idle / max(handoffs, 1) * 1000, 2),
+        per_replica=[len(t) for t in timelines],
+    )
+    # While the queue was never empty a slot may only be free for the hand-over to the next
+    # request; a slot skipped for a whole request's time is caught by this bound.
+    assert longest < SLOW_DELAY_MS / 1000, idle
+    assert [len(t) for t in timelines] == [SLOW_REQUESTS // slots] * slots
+    # The queue emptied only at the end: the work took about requests / slots * delay.
+    assert makespan < ideal + 2 * SLOW_DELAY_MS / 1000
+
+
+# -- one view of the cluster ------------------------------------------------------------------
+
+
+async def test_instances_agree_and_log_who_decided(
+    inferfront_cluster, model_server  # noqa: F811
+) -> None:
+    replicas = model_server.many(["r0", "r1"])
+    cluster = await asyncio.to_thread(
+        inferfront_cluster, cluster_config(replica_urls(replicas), limit=1)
+    )
+    coordinator = await asyncio.to_thread(cluster.wait_agreement)
+    views = await asyncio.gather(*(asyncio.to_thread(i.cluster_view) for i in cluster.instances))
+    ids = sorted(i.instance_id for i in cluster.instances)
+    for instance, view in zip(cluster.instances, views, strict=True):
+        assert view["instance"] == instance.instance_id
+        assert sorted(m["id"] for m in view["members"]) == ids
+    # Every instance names the same members (same addresses) and the same coordinator, since
+    # the same moment.
+    assert len({tuple(sorted((m["id"], m["address"]) for m in v["members"])) for v in views}) == 1
+    assert len({tuple(sorted(map(str, r.values())) for r in v["coordinators"]) for v in views}) == 1
+    assert views[0]["coordinators"][0]["deployment"] == KEY
+    assert views[0]["coordinators"][0]["coordinator"] == coordinator.instance_id
+
+    per_instance = 10
+    outcomes = await burst(targets(cluster), 3 * per_instance, 1, "&delay_ms=2")
+    assert all(o.ok for o in outcomes)
+    for instance in cluster.instances:
+        lines = await wait_access_log(instance, per_instance)
+        assert len(lines) == per_instance
+        for line in lines:
+            assert line["instance"] == instance.instance_id, line
+            assert line["status"] == 200
+            assert line["replica"] in {"blue-0", "blue-1"}, line
+            assert line["decided_by"] == coordinator.instance_id, line
+
+
+# -- chaos ------------------------------------------------------------------------------------
+
+CHAOS_DELAY_MS = 20
+CHAOS_LIMIT = 2
+WORKERS_PER_INSTANCE = 4  # 12 clients for 4 slots: a queue at all times
+WARM_SUCCESSES = 10
+
+
+def summarize(loops: dict[str, LoadLoop]) -> dict[str, dict[str, int]]:
+    return {
+        name: {"ok": sum(o.ok for o in loop.outcomes), **loop.failures()}
+        for name, loop in loops.items()
+    }
+
+
+async def wait_successes(loops: list[LoadLoop], since: float, count: int, what: str) -> None:
+    await async_wait_until(
+        lambda: all(loop.successes_after(since) >= count for loop in loops),
+        timeout=15.0,
+        interval=0.01,
+        message=what,
+    )
+
+
+async def wait_new_coordinator(
+    survivors: list[ClusterInstance], old: str, budget: float
+) -> tuple[str, float]:
+    """Poll the survivors' /admin/v1/cluster until all name the same live coordinator."""
+    started = time.monotonic()
+    live = {s.instance_id for s in survivors}
+
+    async def agreed() -> str | None:
+        seen = set(await coordinators_seen(survivors))
+        if len(seen) == 1 and (name := seen.pop()) in live and name != old:
+            return name
+        return None
+
+    name = await async_wait_until(agreed, timeout=budget, interval=0.01, message="takeover")
+    return name, time.monotonic() - started
+
+
+async def test_chaos_coordinator_and_front_end_killed_then_restarted(
+    inferfront_cluster, model_server  # noqa: F811
+) -> None:
+    replicas = model_server.many(["r0", "r1"])
+    cluster = await asyncio.to_thread(
+        inferfront_cluster, cluster_config(replica_urls(replicas), limit=CHAOS_LIMIT)
+    )
+    first = await asyncio.to_thread(cluster.coordinator_of)
+    deadline = time.monotonic() + 60
+    query = f"&delay_ms={CHAOS_DELAY_MS}"
+    loops = {
+        i.instance_id: LoadLoop(i.instance_id, i.port, WORKERS_PER_INSTANCE, query, deadline)
+        for i in cluster.instances
+    }
+    for loop in loops.values():
+        loop.start()
+    try:
+        await chaos_scenario(cluster, loops, first, replicas, query)
+    finally:
+        for loop in loops.values():
+            loop.stopped.set()
+        await asyncio.gather(*(loop.stop() for loop in loops.values()))
+
+
+async def chaos_scenario(
+    cluster: Cluster,
+    loops: dict[str, LoadLoop],
+    first: ClusterInstance,
+    replicas: list[ModelServerHandle],
+    query: str,
+) -> None:
+    t0 = time.monotonic()
+    await wait_successes(list(loops.values()), t0, WARM_SUCCESSES, "warm-up on every instance")
+
+    # 1. SIGKILL the coordinator: another instance takes over; survivors fail nothing.
+    survivors = [i for i in cluster.instances if i is not first]
+    kill_1 = time.monotonic()
+    first.kill()
+    second_id, takeover_s = await wait_new_coordinator(
+        survivors, first.instance_id, TAKEOVER_BUDGET_S
+    )
+    second = cluster.by_id(second_id)
+    after = time.monotonic()
+    await wait_successes(
+        [loops[s.instance_id] for s in survivors], after, WARM_SUCCESSES, "service after takeover"
+    )
+    survivor_outcomes = [o for s in survivors for o in loops[s.instance_id].outcomes]
+    gap_1 = longest_gap(survivor_outcomes, kill_1 - 0.5, time.monotonic())
+    per_survivor_gap_1 = {
+        s.instance_id: round(longest_gap(loops[s.instance_id].outcomes, kill_1 - 0.5,
+                                         time.monotonic()) * 1000)
+        for s in survivors
+    }  # fmt: skip
+    report(
+        "coordinator killed",
+        killed=first.instance_id,
+        new_coordinator=second_id,
+        takeover_ms=round(takeover_s * 1000),
+        longest_gap_ms=round(gap_1 * 1000),
+        per_survivor_gap_ms=per_survivor_gap_1,
+        requests=summarize(loops),
+    )
+    for survivor in survivors:
+        assert not loops[survivor.instance_id].failures(), summarize(loops)
+
+    # 2. SIGKILL a front-end that does not coordinate: only its own clients fail, and the
+    #    coordinator gets its slots back.
+    victim = next(s for s in survivors if s is not second)
+    before_kill_2 = {name: dict(loop.failures()) for name, loop in loops.items()}
+    kill_2 = time.monotonic()
+    victim.kill()
+    await wait_successes([loops[second_id]], time.monotonic(), WARM_SUCCESSES, "service goes on")
+    gap_2 = longest_gap(loops[second_id].outcomes, kill_2 - 0.5, time.monotonic())
+    await loops[second_id].stop()  # the coordinator's own load ends; nothing else is in flight
+
+    async def nothing_held() -> bool:
+        document = await table_of(second)
+        return document["inflight"] == 0 and document["queue_length"] == 0
+
+    await async_wait_until(nothing_held, timeout=RELEASE_BUDGET_S, interval=0.01)
+    released_s = time.monotonic() - kill_2
+    report(
+        "front-end killed",
+        killed=victim.instance_id,
+        longest_gap_ms=round(gap_2 * 1000),
+        coordinator_clean_after_ms=round(released_s * 1000),
+        requests=summarize(loops),
+    )
+    assert not loops[second_id].failures(), summarize(loops)
+    assert dict(loops[first.instance_id].failures()) == before_kill_2[first.instance_id]
+    assert released_s < RELEASE_BUDGET_S + 1.0
+
+    # 3. Restart the first coordinator under the same id: it rejoins as a plain front-end.
+    restarted = await asyncio.to_thread(cluster.restart, cluster.index_of(first.instance_id))
+    live = [second, restarted]
+
+    async def rejoined() -> bool:
+        views = await asyncio.gather(*(asyncio.to_thread(i.cluster_view) for i in live))
+        members = [sorted(m["id"] for m in view["members"]) for view in views]
+        expected = sorted(i.instance_id for i in live)
+        return all(m == expected for m in members)
+
+    await async_wait_until(rejoined, timeout=10.0, interval=0.05, message="rejoined")
+    assert await coordinators_seen(live) == [second_id, second_id]
+    outcomes: list[Outcome] = await burst(targets(cluster), 20, 3, query)
+    assert all(o.ok for o in outcomes), Counter(str(o.status or o.error) for o in outcomes)
+    assert Counter(o.instance for o in outcomes)[restarted.instance_id] == 30
+    lines = await wait_access_log(restarted, 30)
+    assert {line["decided_by"] for line in lines} == {second_id}
+
+    # Through all of it no replica held more than its limit.
+    peaks = [(await replica.astats(history=False))["peak_inflight"] for replica in replicas]
+    report("chaos peaks", peaks=peaks, limit=CHAOS_LIMIT)
+    assert all(peak <= CHAOS_LIMIT for peak in peaks), peaks
