@@ -15,11 +15,12 @@ The simulated router (`simulate_autoscaled`) is the live one reduced to its deci
 * FIFO queue; replicas with one request at a time (max_concurrent_requests_per_instance = 1);
   a free replica takes the head of the queue at once (LRU among free ones).
 * The router's limits: more than `max_queued` waiting -> 429 at once; queued longer than
-  `max_queue_wait_s` -> 503 (the timer starts only if a replica was ready at arrival, as in
+  `max_queue_wait_s` -> 503 (no timer while scaling from zero with nothing ready, as in
   exchange.py); past `request_timeout_s` -> 504 (a replica serving it is freed).
-* The autoscaler exactly as autoscaler.py drives it: a `Sample` every `sample_interval_s`, the
-  real `decide()` every polling interval (and a sample at once when a request queues with no
-  replica ready: the live `wake()`), `scale_to()` on a change.
+* The autoscaler as autoscaler.py drives it: a `Sample` every `sample_interval_s`; the real
+  `decide()` every polling interval and on every sample showing requests queued; `scale_to()`
+  on a change (or, at a scheduled decision, when the replicas differ from the desired count).
+  Scaling from zero, a request queued with nothing ready wakes it at once (`wake()`).
 * The runtime as local.py: new replicas are "starting" for `cold_start_s` and count as current
   replicas (capacity to come); surplus replicas are picked not-ready first, then least busy,
   newest first; a draining replica takes nothing new and stops when its request finishes.
@@ -425,11 +426,11 @@ class _AutoscaledRouter:
         self.phase[i] = _QUEUED
         self.queue.append(i)
         self.queued += 1
-        if self.ready:
+        if self.ready or self.policy.min_instances > 0:
             if math.isfinite(settings.max_queue_wait_s):
                 self._push(now + settings.max_queue_wait_s, _QUEUE_TIMEOUT, i)
         else:
-            self._step(now)  # the live router wakes the autoscaler when nothing is ready
+            self._step(now)  # scaling from zero: the router wakes the autoscaler at once
 
     def _serve(self, i: int, replica: _Replica, now: float) -> None:
         self.phase[i] = _IN_SERVICE
@@ -490,23 +491,26 @@ class _AutoscaledRouter:
     # -- the autoscaler -------------------------------------------------------------------------
 
     def _step(self, now: float) -> None:
-        """Autoscaler.step: sample; at each polling interval (or at zero with a queue) decide."""
+        """Autoscaler.step: sample; decide each polling interval, and at once on any sample that
+        shows requests queued (an early decision leaves the cadence alone)."""
         self.window.add(
             Sample.observe(
                 now, inflight=self.inflight, queued=self.queued, replicas=self.live,
                 ready=self.ready,
             )
         )  # fmt: skip
-        urgent = self.live == 0 and self.queued > 0
-        if now < self.next_decision - EPSILON and not urgent:
+        scheduled = now >= self.next_decision - EPSILON
+        if not scheduled and not self.queued:
             return
-        self.next_decision = now + self.policy.polling_interval_s
+        if scheduled:
+            self.next_decision = now + self.policy.polling_interval_s
         decision = self.settings.decide_fn(self.policy, self.window, self.state, now)
         self.state = decision.state
         if decision.changed:
             self.changes += 1
-        if decision.changed or decision.desired != self.live:
             self._scale_to(decision.desired, now)
+        elif scheduled and decision.desired != self.live:
+            self._scale_to(decision.desired, now)  # re-sync once per interval
 
     # -- the loop -------------------------------------------------------------------------------
 

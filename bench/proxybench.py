@@ -41,8 +41,11 @@ from bench.harness.procs import (
 from bench.harness.report import build_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("direct", "nginx", "inferfront", "scale", "memory")
-PATHS = ("direct", "nginx", "inferfront")
+SECTIONS = ("direct", "nginx", "inferfront", "inferfront-3w", "scale", "memory")
+PATHS = ("direct", "nginx", "inferfront", "inferfront-3w")
+# `inferfront-3w`: three front-end workers on one port under a supervisor (--workers 3); the
+# load spreads over them and every request's slot is decided by one coordinator worker.
+WORKER_PATHS = {"inferfront-3w": 3}
 BENCH_ENDPOINT_PATH = servers.ENDPOINT_PATH.format(name="bench")
 WANTED_OPEN_FILES = 65536
 
@@ -262,13 +265,20 @@ def _start_path(run: Run, path: str, started: list[Child]) -> int:
             )
         )
         return port
-    log("starting inferfront")
+    log(f"starting {path}")
     config = servers.router_config(["bench"], run.model_ports[:1])
-    started.append(_start_router(run, "inferfront", config, port))
+    workers = WORKER_PATHS.get(path)
+    extra = ("--workers", str(workers)) if workers else ()
+    started.append(_start_router(run, path, config, port, extra))
     return port
 
 
-def _start_router(run: Run, name: str, config: dict[str, object], port: int) -> Child:
+def _start_router(
+    run: Run, name: str, config: dict[str, object], port: int, extra_args: Sequence[str] = ()
+) -> Child:
+    admin_port = run.ports.take_one()
+    if extra_args:
+        run.ports.take(4)  # workers' admin ports follow the supervisor's
     return servers.start_router(
         run.children,
         run.settings.inferfront,
@@ -276,7 +286,8 @@ def _start_router(run: Run, name: str, config: dict[str, object], port: int) -> 
         name,
         config,
         port,
-        run.ports.take_one(),
+        admin_port,
+        extra_args=extra_args,
     )
 
 

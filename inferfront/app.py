@@ -27,6 +27,10 @@ from inferfront.telemetry.metrics import Metrics
 log = logging.getLogger("inferfront")
 
 
+class StartupError(Exception):
+    """The router cannot start as configured (the message says what to fix)."""
+
+
 @dataclass
 class Listen:
     host: str
@@ -119,7 +123,7 @@ class Router:
         else:
             for state in self.endpoints.deployments():
                 state.runtime = self.runtime_factory(state)
-            await asyncio.gather(*(s.runtime.start() for s in self.endpoints.deployments()))
+            await asyncio.gather(*(self._start_runtime(s) for s in self.endpoints.deployments()))
         if self.cluster is None:
             for state in self.endpoints.deployments():
                 self._coordinating(state, True)
@@ -144,6 +148,16 @@ class Router:
         self.admin.add_json_route("/admin/v1/cluster", self.cluster_view)
         await self.admin.start(self.listen.admin_host, self.listen.admin_port)
         self.started.set()
+
+    async def _start_runtime(self, state: DeploymentState) -> None:
+        try:
+            await state.runtime.start()
+        except OSError as exc:
+            command = " ".join(state.config.command or ())
+            raise StartupError(
+                f"{self.config.source}: endpoint {state.endpoint}, deployment {state.name}: "
+                f"cannot start `{command}`: {exc.strerror or exc}"
+            ) from exc
 
     def _coordinating(self, state: DeploymentState, coordinating: bool) -> None:
         """Only a deployment's coordinator decides its scaling."""

@@ -64,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-utilization", type=float, default=0.7, help="0..1 or percent (default 0.7)"
     )
     plan.add_argument("--trace", help="a request trace to plan over time (see docs)")
-    plan.add_argument("--bucket-s", type=float, default=60.0, help="trace: seconds per row")
+    plan.add_argument("--bucket-s", type=float, help="trace: seconds per row (default 60)")
+    plan.add_argument(
+        "--prefill-ms-per-token", type=float, default=0.2, help="trace: cost per prompt token"
+    )
+    plan.add_argument(
+        "--decode-ms-per-token", type=float, default=20.0, help="trace: cost per output token"
+    )
     plan.add_argument("--model", help="trace: model filter (ServeGen rate files)")
     plan.set_defaults(handler=cmd_plan)
     return parser
@@ -89,7 +95,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from inferfront.app import ClusterOptions, Listen, run
+    from inferfront.app import ClusterOptions, Listen, StartupError, run
 
     config = _load(args.config)
     if config is None:
@@ -127,7 +133,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listen.reuse_port = True
     # A worker's address is the supervisor's to announce.
     announce = logging.getLogger("inferfront").debug if args.worker_of else _announce
-    uvloop.run(run(config, listen, announce=announce, cluster=cluster))
+    try:
+        uvloop.run(run(config, listen, announce=announce, cluster=cluster))
+    except StartupError as exc:
+        print(f"inferfront: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the port is taken
+        print(f"inferfront: cannot listen: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -155,7 +168,9 @@ def _supervise(args: argparse.Namespace, config, listen) -> int:
         ]  # fmt: skip
 
     async def on_started(supervisor) -> None:
-        await serve_supervisor_admin(supervisor, listen.admin_host, admin_port)
+        await serve_supervisor_admin(
+            supervisor, listen.admin_host, admin_port, lambda index: admin_port + 1 + index
+        )
         _announce(f"inferfront: serving on http://{listen.host}:{port} with {args.workers} workers")
         _announce(f"  admin on http://{listen.admin_host}:{admin_port}/admin/v1/cluster")
 
@@ -189,13 +204,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if target > 1:
         target /= 100
     if args.trace:
+        model = {
+            "prefill_ms_per_token": args.prefill_ms_per_token,
+            "decode_ms_per_token": args.decode_ms_per_token,
+            "latency_ms": args.latency_ms,
+        }
         rows = planner.plan_trace(
             args.trace,
             bucket_s=args.bucket_s,
             concurrency=args.concurrency,
             target=target,
             model=args.model,
+            **model,
         )
+        print(planner.plan_assumptions(concurrency=args.concurrency, target=target, **model))
         print(planner.format_plan_table(rows))
         return 0
     if args.rps is None or args.latency_ms is None:

@@ -50,7 +50,7 @@ class DeploymentState:
         self.runtime: ReplicaRuntime | None = None
         self.pools: dict[str, UpstreamPool] = {}
         self._connect_failures: dict[str, int] = {}
-        self._draining: set[str] = set()
+        self._was_ready: set[str] = set()  # replicas that have been ready at least once
         self.scaler = None  # set by the autoscaler when the deployment is scaled
 
     # -- ReplicaEvents (called by the runtime) ----------------------------------------------
@@ -62,14 +62,14 @@ class DeploymentState:
             self.pools[key] = UpstreamPool(host, port)
 
     def replica_ready(self, name: str, ready: bool) -> None:
-        if name in self.table.replicas and name not in self._draining:
+        if name in self.table.replicas:  # a draining replica stays out (SlotTable.drain)
             if ready:
                 self._connect_failures.pop(name, None)
+                self._was_ready.add(name)
             self.table.set_ready(name, ready)
 
     def replica_draining(self, name: str) -> None:
         if name in self.table.replicas:
-            self._draining.add(name)
             self.table.drain(name)
 
     def replica_inflight(self, name: str) -> int:
@@ -81,7 +81,7 @@ class DeploymentState:
         if replica is None:
             return
         self.table.remove(name)
-        self._draining.discard(name)
+        self._was_ready.discard(name)
         self._connect_failures.pop(name, None)
         pool = self.pools.pop(replica.address, None)
         if pool is not None:
@@ -107,11 +107,11 @@ class DeploymentState:
     def replica_states(self) -> dict[str, str]:
         states = {}
         for name, replica in self.table.replicas.items():
-            if name in self._draining:
+            if replica.draining:
                 states[name] = "draining"
             elif replica.routable:
                 states[name] = "ready"
-            elif replica.ready or name in self._connect_failures:
+            elif name in self._was_ready or name in self._connect_failures:
                 states[name] = "unready"
             else:
                 states[name] = "starting"

@@ -29,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.router import RouterHandle
 
 ENDPOINT = "iris"
@@ -80,10 +80,20 @@ def cluster_config(
 class ClusterInstance(RouterHandle):
     """One `inferfront serve --cluster-dir D --instance-id ID`."""
 
-    def __init__(self, config_path: Path, cluster_dir: Path, instance_id: str) -> None:
-        super().__init__(
-            config_path, ("--cluster-dir", str(cluster_dir), "--instance-id", instance_id)
-        )
+    def __init__(
+        self,
+        config_path: Path,
+        cluster_dir: Path,
+        instance_id: str,
+        shared_port: int | None = None,
+    ) -> None:
+        extra = ["--cluster-dir", str(cluster_dir), "--instance-id", instance_id]
+        if shared_port is not None:
+            extra += ["--port", str(shared_port)]  # the last --port wins over RouterHandle's
+        super().__init__(config_path, tuple(extra))
+        if shared_port is not None:
+            self.port = shared_port
+            self.url = f"http://127.0.0.1:{shared_port}"
         self.instance_id = instance_id
 
     @property
@@ -115,7 +125,12 @@ class ClusterInstance(RouterHandle):
 
 
 class Cluster:
-    def __init__(self, tmp_path: Path, config: dict[str, Any], size: int) -> None:
+    def __init__(
+        self, tmp_path: Path, config: dict[str, Any], size: int, share_port: bool = False
+    ) -> None:
+        # share_port: every instance listens for requests on one port (SO_REUSEPORT), as
+        # behind a single address; clients can no longer pick an instance then.
+        self.shared_port = free_port() if share_port else None
         self.state_dir = tmp_path / "cluster-state"
         self.config_path = tmp_path / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -130,7 +145,9 @@ class Cluster:
             instance.wait_ready()
 
     def _launch(self, index: int) -> ClusterInstance:
-        return ClusterInstance(self.config_path, self.state_dir, f"fe-{index}")
+        return ClusterInstance(
+            self.config_path, self.state_dir, f"fe-{index}", self.shared_port
+        )
 
     def live(self) -> list[ClusterInstance]:
         return [instance for instance in self.instances if instance.alive]
@@ -189,10 +206,10 @@ class ClusterFactory:
         self.tmp_path = tmp_path
         self.clusters: list[Cluster] = []
 
-    def __call__(self, config: dict[str, Any], size: int = 3) -> Cluster:
+    def __call__(self, config: dict[str, Any], size: int = 3, share_port: bool = False) -> Cluster:
         directory = self.tmp_path / f"cluster-{len(self.clusters)}"
         directory.mkdir()
-        cluster = Cluster(directory, config, size)
+        cluster = Cluster(directory, config, size, share_port)
         self.clusters.append(cluster)  # stopped at teardown even if it never gets ready
         cluster.wait_ready()
         return cluster
@@ -204,7 +221,8 @@ class ClusterFactory:
 
 @pytest.fixture
 def inferfront_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
-    """`inferfront_cluster(config, size=3)` -> a started `Cluster`; all stopped at teardown."""
+    """`inferfront_cluster(config, size=3, share_port=False)` -> a started `Cluster`; every
+    instance is stopped at teardown."""
     factory = ClusterFactory(tmp_path)
     try:
         yield factory
@@ -388,11 +406,12 @@ class LoadLoop:
         return kinds
 
 
-def longest_gap(outcomes: list[Outcome], start: float, end: float) -> float:
-    """The longest time within [start, end] with no successful request completing."""
+def longest_gap(outcomes: list[Outcome], start: float, end: float) -> tuple[float, float]:
+    """The longest time within [start, end] with no successful request completing:
+    (its length, its beginning)."""
     moments = sorted(o.ended for o in outcomes if o.ok and start <= o.ended <= end)
     points = [start, *moments, end]
-    return max(b - a for a, b in zip(points, points[1:], strict=False))
+    return max((b - a, a) for a, b in zip(points, points[1:], strict=False))
 
 
 # -- replica timelines ------------------------------------------------------------------------

@@ -19,7 +19,13 @@ SCALE_MIN_VS_BASE = 0.90
 RSS_MAX_MB = 100.0  # MB = 10^6 bytes
 BUSY_CPU_WARNING = 0.25
 
-PATH_LABELS = {"direct": "direct", "nginx": "nginx-proxy", "inferfront": "inferfront"}
+PATH_LABELS = {
+    "direct": "direct",
+    "nginx": "nginx-proxy",
+    "inferfront": "inferfront",
+    "inferfront-3w": "inferfront, 3 workers",
+}
+ROUTER_PATHS = ("inferfront", "inferfront-3w")
 
 Results = Mapping[str, Any]
 
@@ -98,12 +104,12 @@ def _closed_loop_section(results: Results, checks: list[Check]) -> str:
         label = PATH_LABELS[path]
         if "error" in result:
             rows.append([label, "-", "-", "-", "-", "NOT MEASURED: " + _first_line(result)])
-            if path == "inferfront":
+            if path in ROUTER_PATHS:
                 checks.append(Check("closed loop", label, _throughput_target(), "NOT MEASURED"))
             continue
         ratio = result["requests_per_s"] / nginx_rate if nginx_rate else None
         target, verdict = "-", "-"
-        if path == "inferfront":
+        if path in ROUTER_PATHS:
             target = _throughput_target()
             verdict = _closed_loop_verdict(result, ratio)
             checks.append(Check("closed loop", label, target, verdict, _fmt_ratio(ratio)))
@@ -155,13 +161,13 @@ def _open_loop_section(results: Results, checks: list[Check]) -> str:
         label = PATH_LABELS[path]
         if "error" in result:
             rows.append([label, *["-"] * 6, "NOT MEASURED: " + _first_line(result)])
-            if path == "inferfront":
+            if path in ROUTER_PATHS:
                 checks.append(Check("open loop", label, target, "NOT MEASURED"))
             continue
         added_avg = result["average_ms"] - direct["average_ms"] if direct else None
         added_p99 = result["p99_ms"] - direct["p99_ms"] if direct else None
         row_target, verdict = "-", "-"
-        if path == "inferfront":
+        if path in ROUTER_PATHS:
             row_target = target
             verdict = _open_loop_verdict(result, direct, added_avg, added_p99)
             detail = f"added {_fmt_ms(added_avg)} avg, {_fmt_ms(added_p99)} p99"

@@ -163,6 +163,7 @@ def start_router(
     port: int,
     admin_port: int,
     ready_timeout_s: float = 60,
+    extra_args: Sequence[str] = (),
 ) -> Child:
     """One `inferfront serve` process, returned once GET /readyz on the admin port answers 200."""
     if not executable.is_file():
@@ -175,7 +176,7 @@ def start_router(
     config_path = home / "inferfront.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     argv = [str(executable), "serve", "-c", str(config_path)]
-    argv += ["--port", str(port), "--admin-port", str(admin_port)]
+    argv += ["--port", str(port), "--admin-port", str(admin_port), *extra_args]
     child = children.start(name, argv, home / "output.log")
     wait_until(
         lambda: _ready(admin_port),

@@ -115,7 +115,7 @@ class AdminServer:
         self,
         metrics: Metrics,
         deployments: Callable[[], Iterable[DeploymentView]],
-        ready: Callable[[], tuple[bool, str]],
+        ready: Callable[[], tuple[bool, str] | Awaitable[tuple[bool, str]]],
         *,
         idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
@@ -176,11 +176,21 @@ class AdminServer:
         body, content_type = self._metrics.render()
         return Response(200, body, content_type)
 
-    def _serve_ready(self) -> Response:
-        ready, reason = self._ready()
-        if ready:
-            return json_response(200, {"status": "ready"})
-        return json_response(503, {"status": "not ready", "reason": reason})
+    def _serve_ready(self) -> Response | Awaitable[Response]:
+        result = self._ready()
+        if inspect.isawaitable(result):
+            return _await_ready(result)
+        return _ready_response(*result)
+
+
+def _ready_response(ready: bool, reason: str) -> Response:
+    if ready:
+        return json_response(200, {"status": "ready"})
+    return json_response(503, {"status": "not ready", "reason": reason})
+
+
+async def _await_ready(result: Awaitable[tuple[bool, str]]) -> Response:
+    return _ready_response(*await result)
 
 
 def _json_result(result: object) -> Response | Awaitable[Response]:

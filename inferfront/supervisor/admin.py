@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from inferfront.admin.server import AdminServer
 from inferfront.cluster.local import LocalMembership
 from inferfront.cluster.membership import Member
+from inferfront.runtime.probes import probe_http
 from inferfront.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from inferfront.supervisor.supervisor import Supervisor
 
 
-async def serve_supervisor_admin(supervisor: Supervisor, host: str, port: int) -> AdminServer:
+async def serve_supervisor_admin(
+    supervisor: Supervisor, host: str, port: int, worker_admin_port: Callable[[int], int]
+) -> AdminServer:
     # An observer of the workers' membership: it reads members and leases, never joins.
     observer = LocalMembership(supervisor.state_dir, Member("supervisor", "", time.time()))
 
@@ -31,7 +35,19 @@ async def serve_supervisor_admin(supervisor: Supervisor, host: str, port: int) -
             "replicas": supervisor.replica_states(),
         }
 
-    admin = AdminServer(Metrics(list), list, lambda: (True, ""))
+    async def ready() -> tuple[bool, str]:
+        # Ready when every worker says it is: it has joined the cluster and listens.
+        waiting = []
+        for worker in supervisor.workers_info():
+            index = worker["index"]
+            ok = worker["alive"] and await probe_http(
+                host, worker_admin_port(index), "/readyz", timeout=1.0
+            )
+            if not ok:
+                waiting.append(index)
+        return (False, f"workers {waiting} not ready") if waiting else (True, "")
+
+    admin = AdminServer(Metrics(list), list, ready)
     admin.add_json_route("/admin/v1/cluster", cluster)
     await admin.start(host, port)
     return admin

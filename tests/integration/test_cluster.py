@@ -132,8 +132,11 @@ async def test_no_replica_idles_while_a_request_waits_anywhere(
     )
 
     async def everyone_arrived() -> bool:
+        # Replicas first, queue second: a request moving between the two reads is counted in
+        # neither, so the sum can only fall short, never claim arrivals that did not happen.
+        started = sum([(await r.astats(history=False))["requests"] for r in replicas])
         document = await table_of(coordinator)
-        return document["inflight"] == slots and document["queue_length"] == SLOW_REQUESTS - slots
+        return started + document["queue_length"] >= SLOW_REQUESTS and document["queue_length"] > 0
 
     await async_wait_until(everyone_arrived, timeout=10.0, interval=0.01)
     all_queued = time.time()
@@ -186,7 +189,11 @@ async def test_instances_agree_and_log_who_decided(
     # Every instance names the same members (same addresses) and the same coordinator, since
     # the same moment.
     assert len({tuple(sorted((m["id"], m["address"]) for m in v["members"])) for v in views}) == 1
-    assert len({tuple(sorted(map(str, r.values())) for r in v["coordinators"]) for v in views}) == 1
+    roles = {
+        tuple((r["deployment"], r["coordinator"], r["since"]) for r in view["coordinators"])
+        for view in views
+    }
+    assert len(roles) == 1, views
     assert views[0]["coordinators"][0]["deployment"] == KEY
     assert views[0]["coordinators"][0]["coordinator"] == coordinator.instance_id
 
@@ -201,6 +208,58 @@ async def test_instances_agree_and_log_who_decided(
             assert line["status"] == 200
             assert line["replica"] in {"blue-0", "blue-1"}, line
             assert line["decided_by"] == coordinator.instance_id, line
+
+
+async def test_instances_can_share_one_request_port(
+    inferfront_cluster, model_server  # noqa: F811
+) -> None:
+    replicas = model_server.many(["r0", "r1"])
+    cluster = await asyncio.to_thread(
+        inferfront_cluster, cluster_config(replica_urls(replicas), limit=1), 3, True
+    )
+    await asyncio.to_thread(cluster.wait_agreement)
+    port = cluster.instances[0].port
+    # 60 connections: the kernel spreads them over the listeners by their addresses.
+    outcomes = await burst([("shared", port)], 60, 2, "&delay_ms=2")
+    assert all(o.ok for o in outcomes), Counter(str(o.status or o.error) for o in outcomes)
+
+    async def logged() -> list[int] | None:
+        counts = [len(i.access_log()) for i in cluster.instances]
+        return counts if sum(counts) == len(outcomes) else None
+
+    counts = await async_wait_until(logged, timeout=5.0, message="every request logged")
+    report("shared port", requests_per_instance=counts)
+    assert all(count > 0 for count in counts), counts
+    peaks = [(await r.astats(history=False))["peak_inflight"] for r in replicas]
+    assert peaks == [1, 1]
+
+
+# -- a replica dies ---------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a front-end's connect failure to a dead replica unroutes it only in its own "
+    "table, not in the coordinator's, so the coordinator keeps granting it (502s)",
+)
+async def test_a_dead_replica_is_avoided_through_every_instance(
+    inferfront_cluster, model_server  # noqa: F811
+) -> None:
+    # One instance alone retries on the other replica and unroutes the dead one at once (no
+    # failure). Through instances that do not coordinate, the same must hold.
+    replicas = model_server.many(["r0", "r1"])
+    cluster = await asyncio.to_thread(
+        inferfront_cluster, cluster_config(replica_urls(replicas), limit=2)
+    )
+    coordinator = await asyncio.to_thread(cluster.coordinator_of)
+    replicas[1].kill()
+    front_ends = [i for i in cluster.instances if i is not coordinator]
+    outcomes = await burst(
+        [(i.instance_id, i.port) for i in front_ends], 4, 10, "&delay_ms=5"
+    )
+    statuses = Counter(o.status for o in outcomes)
+    report("dead replica, through non-coordinators", statuses=dict(statuses))
+    assert statuses == {200: 40}
 
 
 # -- chaos ------------------------------------------------------------------------------------
@@ -290,18 +349,18 @@ async def chaos_scenario(
     await wait_successes(
         [loops[s.instance_id] for s in survivors], after, WARM_SUCCESSES, "service after takeover"
     )
+    now = time.monotonic()
     survivor_outcomes = [o for s in survivors for o in loops[s.instance_id].outcomes]
-    gap_1 = longest_gap(survivor_outcomes, kill_1 - 0.5, time.monotonic())
+    gap_1, _ = longest_gap(survivor_outcomes, kill_1, now)
     per_survivor_gap_1 = {
-        s.instance_id: round(longest_gap(loops[s.instance_id].outcomes, kill_1 - 0.5,
-                                         time.monotonic()) * 1000)
+        s.instance_id: round(longest_gap(loops[s.instance_id].outcomes, kill_1, now)[0] * 1000)
         for s in survivors
-    }  # fmt: skip
+    }
     report(
         "coordinator killed",
         killed=first.instance_id,
         new_coordinator=second_id,
-        takeover_ms=round(takeover_s * 1000),
+        takeover_seen_ms=round(takeover_s * 1000),
         longest_gap_ms=round(gap_1 * 1000),
         per_survivor_gap_ms=per_survivor_gap_1,
         requests=summarize(loops),
@@ -316,7 +375,7 @@ async def chaos_scenario(
     kill_2 = time.monotonic()
     victim.kill()
     await wait_successes([loops[second_id]], time.monotonic(), WARM_SUCCESSES, "service goes on")
-    gap_2 = longest_gap(loops[second_id].outcomes, kill_2 - 0.5, time.monotonic())
+    gap_2, _ = longest_gap(loops[second_id].outcomes, kill_2, time.monotonic())
     await loops[second_id].stop()  # the coordinator's own load ends; nothing else is in flight
 
     async def nothing_held() -> bool:

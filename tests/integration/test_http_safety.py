@@ -402,6 +402,21 @@ def test_parse_errors_carry_request_id(stack: Stack, raw: bytes) -> None:
     assert answer.json()["request_id"] == request_id
 
 
+def test_pipelined_body_completed_after_first_answer(stack: Stack) -> None:
+    """The second request's body straddles the first answer: it is read and forwarded whole."""
+    second = request(cl(6), body=b"")
+    with RawConnection(stack.port) as conn:
+        conn.send(request(cl(3), body=b"one") + second + b"two")
+        first = conn.read_response()
+        assert first.status == 200, first.body
+        assert_echo(first.json(), b"one")
+        conn.send(b"two")
+        answer = conn.read_response()
+        assert answer.status == 200, answer.body
+        assert_echo(answer.json(), b"twotwo")
+        probe_keeps_working(conn, "straddle")
+
+
 def test_half_closed_client_still_gets_its_answers(stack: Stack) -> None:
     """A client that shuts down its sending side after its requests is still answered, in order."""
     with RawConnection(stack.port) as conn:

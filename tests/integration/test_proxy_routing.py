@@ -12,7 +12,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,16 @@ def cluster_config(urls: dict[str, str], hanging_url: str) -> dict[str, Any]:
     }
 
 
+def stop_servers(servers: Iterable[ModelServerHandle]) -> None:
+    """SIGTERM every model server first, then wait for each: they exit in parallel."""
+    servers = list(servers)
+    for server in servers:
+        if server.is_alive():
+            server.process.terminate()
+    for server in servers:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     servers = start_model_servers(SERVER_NAMES)
@@ -165,8 +175,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         factory.stop_all()
         hanging.close()
-        for server in servers:
-            server.stop()
+        stop_servers(servers)
 
 
 @pytest.fixture

@@ -55,14 +55,27 @@ def test_a_burst_waits_for_the_cold_start_of_the_replicas_it_asked_for():
         requests((0, 10), (0, 10), (0, 10)),
         sim.SimSettings(policy, cold_start_s=2.0, initial_replicas=1, span_s=10),
     )
-    # First decision at 1 s: demand 3 (1 busy + 2 queued) needs ceil(3 / 0.7) = 5 replicas;
-    # the 4 new ones are ready at 3 s and take the two waiting requests.
-    assert result.outcome.wait_s == [0, 3, 3]
-    assert result.outcome.latency_s == [10, 13, 13]
+    # The sample at 0 s shows 2 queued, so the autoscaler decides at once (not at the 1 s
+    # poll): demand 3 (1 busy + 2 queued) needs ceil(3 / 0.7) = 5 replicas; the 4 new ones
+    # are ready at 2 s and take the two waiting requests.
+    assert result.outcome.wait_s == [0, 2, 2]
+    assert result.outcome.latency_s == [10, 12, 12]
     assert result.outcome.status == [200, 200, 200]
     assert result.peak_replicas == 5
-    assert result.stats.replica_seconds == pytest.approx(1 * 10 + 4 * 9)
+    assert result.stats.replica_seconds == pytest.approx(5 * 10)
     assert result.stats.waited_over == 2
+
+
+def test_from_zero_a_request_wakes_the_autoscaler_and_no_queue_timer_runs():
+    policy = ScalePolicy(min_instances=0, max_instances=3)
+    result = sim.simulate_autoscaled(
+        requests((0.05, 1)),
+        sim.SimSettings(policy, cold_start_s=1.0, initial_replicas=0, max_queue_wait_s=0.5),
+    )
+    # Woken at 0.05 s (between two samples), one replica is launched and ready at 1.05 s; the
+    # 500 ms queue limit does not apply while nothing is ready.
+    assert result.outcome.status == [200]
+    assert result.outcome.wait_s == pytest.approx([1.0])
 
 
 def test_scaling_down_waits_for_the_delay_and_for_busy_replicas_to_finish():
