@@ -698,7 +698,7 @@ def live_outcome(plan: LivePlan, capture: LiveCapture, queue_ms: dict[str, float
     return sim.Outcome(waits, latencies, statuses)
 
 
-def run_live(settings: Settings, plan: LivePlan, ports: PortAllocator) -> dict[str, Any]:
+def run_live(plan: LivePlan, ports: PortAllocator) -> dict[str, Any]:
     k = plan.speedup
     port, admin_port = ports.take(2)
     with tempfile.TemporaryDirectory(prefix="inferfront-autoscale-") as workdir:
@@ -814,7 +814,7 @@ def run_live_section(settings: Settings, requests: list[sim.TraceRequest]) -> di
         )
         refs = references(plan.requests, plan.duration_s)
         bound = refs["hindsight_replica_seconds"]
-        live = run_live(settings, plan, ports)
+        live = run_live(plan, ports)
         cold = live["cold_start_real_s"]["median"]
         mirror = sim_like_live(plan, cold, settings.cold_start_s)
         live_row = fleet_row(
