@@ -49,6 +49,7 @@ class ClusterOptions:
     coordinator_host: str = "127.0.0.1"
     coordinator_port: int = 0
     supervised: bool = False  # a worker: replicas are the supervisor's (state_dir has its socket)
+    expected_members: tuple[str, ...] = ()  # instances started together (a supervisor's workers)
 
 
 def probe_spec(probe) -> ProbeSpec:
@@ -187,6 +188,7 @@ class Router:
             host=options.coordinator_host,
             port=options.coordinator_port,
             on_role_change=self._coordinating,
+            expected_members=options.expected_members,
         )
         await self.node.start()
 
@@ -199,6 +201,26 @@ class Router:
         proxy = self.proxy
         if proxy is not None:
             yield ("open_connections", "Client connections open.", len(proxy.connections), {})
+        node = self.node
+        if node is None:
+            return
+        view = node.snapshot()
+        yield ("cluster_members", "Live front-end instances.", len(view["members"]), {})
+        for role in view["coordinators"]:
+            coordinator = role["coordinator"] or ""
+            yield (
+                "coordinator",
+                "1 for the instance that coordinates the deployment (as this instance sees it).",
+                1,
+                {"deployment": role["deployment"], "instance": coordinator},
+            )
+            if role["since"] is not None:
+                yield (
+                    "coordinator_since_seconds",
+                    "When the coordinator took the deployment over (Unix time).",
+                    role["since"],
+                    {"deployment": role["deployment"], "instance": coordinator},
+                )
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -121,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             instance_id=f"worker-{args.worker_index}",
             coordinator_host="127.0.0.1",
             supervised=True,
+            expected_members=tuple(f"worker-{i}" for i in range(args.workers)),
         )
         listen.reuse_port = True
     elif args.cluster_dir:
@@ -165,6 +166,7 @@ def _supervise(args: argparse.Namespace, config, listen) -> int:
             "--admin-host", listen.admin_host, "--admin-port", str(admin_port + 1 + index),
             "--log-level", args.log_level,
             "--worker-of", str(state_dir), "--worker-index", str(index),
+            "--workers", str(args.workers),
         ]  # fmt: skip
 
     async def on_started(supervisor) -> None:

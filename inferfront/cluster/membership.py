@@ -161,8 +161,13 @@ class Elector:
         *,
         clock: Callable[[], float] = time.monotonic,
         grace_s: float = DEFAULT_GRACE_S,
+        expected: Iterable[str] = (),
     ) -> None:
         self.membership = membership
+        # Members known to be on their way (a supervisor's workers): keys they are preferred
+        # for wait `grace_s` for them instead of going to whoever joined first, so roles
+        # spread over instances started together.
+        self.expected = tuple(expected)
         self.on_gain = on_gain
         self.on_loss = on_loss
         self.clock = clock
@@ -191,10 +196,12 @@ class Elector:
             self._free_since.clear()
         self._last_tick = now
         members = self.membership.members()
+        live = {member.id for member in members}
+        voters = members + [Member(m, "", 0.0) for m in self.expected if m not in live]
         for key in self._keys:
-            await self._settle(key, now, members)
+            await self._settle(key, now, voters)
 
-    async def _settle(self, key: str, now: float, members: list[Member]) -> None:
+    async def _settle(self, key: str, now: float, voters: list[Member]) -> None:
         membership = self.membership
         if membership.holds(key):
             self._free_since.pop(key, None)
@@ -207,7 +214,7 @@ class Elector:
             self._free_since.pop(key, None)
             return
         free_for = now - self._free_since.setdefault(key, now)
-        if not should_claim(key, membership.member.id, members, free_for, self.grace_s):
+        if not should_claim(key, membership.member.id, voters, free_for, self.grace_s):
             return
         if await membership.try_acquire(key):  # False: someone was faster; retried next tick
             self._free_since.pop(key, None)

@@ -42,6 +42,7 @@ class ClusterNode:
         host: str = "127.0.0.1",
         port: int = 0,
         on_role_change=None,
+        expected_members: tuple[str, ...] = (),
     ) -> None:
         self.instance_id = instance_id
         self.deployments = sorted(deployments, key=lambda d: d.key)
@@ -56,6 +57,7 @@ class ClusterNode:
         self.brokers: list[Broker] = []
         self.coordinating_since: dict[str, float] = {}
         self._on_role_change = on_role_change
+        self._expected = expected_members
         self._task: asyncio.Task | None = None
         self._elector: Elector | None = None
 
@@ -69,7 +71,9 @@ class ClusterNode:
             self.brokers.append(broker)
             state.slots = broker
         self.client.brokers = self.brokers
-        self._elector = Elector(self.membership, self.keys, self._gained, self._lost)
+        self._elector = Elector(
+            self.membership, self.keys, self._gained, self._lost, expected=self._expected
+        )
         await self._round()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 

@@ -476,3 +476,28 @@ async def test_on_loss_runs_before_the_lease_is_released() -> None:
     await elector.resign()
     assert still_held == [True]
     assert not view.holds("ep/d")
+
+
+async def test_expected_members_keep_their_keys_for_the_grace_period() -> None:
+    # Workers started together: "a" joins first, but keys "b" is preferred for (among a, b)
+    # wait for "b" instead of all going to "a"; "b" joining within the grace period takes them.
+    cluster = Cluster("ab")
+    for elector in cluster.electors.values():
+        elector.expected = ("a", "b")
+    await cluster.step(0.0, "join", "a")
+    await cluster.step(0.0, "tick", "a")
+    assert cluster.holdings()["a"] == mine("a", "ab")
+    await cluster.step(0.5, "join", "b")
+    await cluster.step(0.5, "tick", "b")
+    assert cluster.holdings() == {"a": mine("a", "ab"), "b": mine("b", "ab")}
+
+
+async def test_an_expected_member_that_never_comes_loses_its_keys_after_the_grace() -> None:
+    cluster = Cluster("ab")
+    cluster.electors["a"].expected = ("a", "b")
+    await cluster.step(0.0, "join", "a")
+    await cluster.step(0.0, "tick", "a")
+    await cluster.step(0.6, "tick", "a")
+    assert cluster.holdings()["a"] == mine("a", "ab")
+    await cluster.step(1.1, "tick", "a")
+    assert cluster.holdings()["a"] == set(KEYS)
