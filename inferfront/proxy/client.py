@@ -38,6 +38,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = b"unknown"
         self.peer = ""
         self.write_paused = False
+        self.feeding = False  # inside parser.feed_data: upstream writes wait for its end
+        self.data = b""  # the read being parsed
         self.closed = False
         self.parse_failed = False
         # Reasons to stop reading from the client, each a flag (reading resumes when none hold).
@@ -61,12 +63,30 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.parse_failed or self.closed:
             return
+        parsing = self.parsing
+        in_head = parsing is not None and not parsing.method
+        in_chunks = parsing is not None and parsing.chunked_in and parsing.method != b""
+        if in_chunks:
+            body_before, chunks_before = parsing.body_received, parsing.chunks  # type: ignore[union-attr]
+        self.feeding = True
+        self.data = data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._stop_parsing()  # the exchange was already marked for a 501 and close
         except httptools.HttpParserError as exc:
             self._parse_error(exc)
+        finally:
+            self.feeding = False
+            self.data = b""
+        if parsing is not None and parsing is self.parsing and not self.parse_failed:
+            # llhttp buffers an unfinished field without limit, and accepts any amount of
+            # chunk extensions: bound both here.
+            if in_head and not parsing.method:
+                self._bound_unfinished_head(parsing, len(data))
+            elif in_chunks:
+                framing = len(data) - (parsing.body_received - body_before)
+                self._bound_chunk_framing(parsing, framing - 32 * (parsing.chunks - chunks_before))
         head = self.exchanges[0] if self.exchanges else None
         if head is not None and head.state != HEAD:
             head.flush_upstream()
@@ -78,6 +98,24 @@ class ClientConnection(asyncio.Protocol):
         self.exchanges.clear()
         for exchange in exchanges:
             exchange.client_lost()
+
+    def _bound_unfinished_head(self, exchange: Exchange, size: int) -> None:
+        exchange.unfinished_head += size
+        limits = self.limits
+        if exchange.unfinished_head > limits.max_request_line_bytes + limits.max_header_bytes:
+            self._stop_parsing()
+            exchange.reject = (431, "The request's header section is too large.")
+            exchange.close_after = True
+            if self.exchanges and self.exchanges[0] is exchange:
+                exchange.start()
+
+    def _bound_chunk_framing(self, exchange: Exchange, overhead: int) -> None:
+        if overhead <= 0:
+            return
+        exchange.chunk_overhead += overhead
+        if exchange.chunk_overhead > self.limits.max_header_bytes:
+            self._stop_parsing()
+            exchange.fail_request(400, "Too much chunk framing (extensions) for the data sent.")
 
     def eof_received(self) -> bool:
         # The client half-closed: answer what it sent (close once written), read nothing more.
@@ -115,10 +153,26 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         exchange = self.parsing
         exchange.on_headers_complete(self.parser)  # type: ignore[union-attr]
+        if exchange.http10 and exchange.reject is None and not self._says_http(exchange.url):  # type: ignore[union-attr]
+            exchange.reject = (505, "Only HTTP/1.0 and HTTP/1.1 are supported.")  # type: ignore[union-attr]
+            exchange.close_after = True  # type: ignore[union-attr]
         if exchange.reject is not None and exchange.close_after:  # type: ignore[union-attr]
             self._stop_parsing()
         if self.exchanges[0] is exchange:
             exchange.start()  # type: ignore[union-attr]
+
+    def on_chunk_header(self) -> None:
+        self.parsing.chunks += 1  # type: ignore[union-attr]
+
+    def _says_http(self, url: bytes) -> bool:
+        """llhttp reports `GET / RTSP/1.0` as version 1.0 without the protocol's name: look
+        at the request line in this read (best effort: a line split across reads passes)."""
+        data = self.data
+        at = data.find(b" " + url + b" ")
+        if at < 0:
+            return True
+        rest = data[at + len(url) + 2 :].lstrip(b" ")
+        return rest.startswith(b"HTTP/")
 
     def on_body(self, body: bytes) -> None:
         exchange = self.parsing
@@ -201,6 +255,7 @@ class ClientConnection(asyncio.Protocol):
             self._abort()
             return
         if exchange.close_after:
+            self._stop_parsing()  # not one more byte of this connection is a request
             self._close()
             return
         self._paused_for_answer = False

@@ -56,17 +56,21 @@ class Exchange:
         "body_received",
         "body_sent_upstream",
         "bytes_out",
+        "chunk_overhead",
         "chunked_in",
         "chunked_out",
+        "chunks",
         "client",
         "client_id",
         "close_after",
+        "connection_tokens",
         "content_length",
         "deadline",
         "decided_by",
         "deployment",
         "endpoint",
         "expect_continue",
+        "field_count",
         "forwarded_for",
         "header_bytes",
         "headers",
@@ -96,6 +100,7 @@ class Exchange:
         "t_upstream_done",
         "ticket",
         "timer",
+        "unfinished_head",
         "upconn",
         "upstream_head",
         "url",
@@ -107,6 +112,11 @@ class Exchange:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
+        self.field_count = 0  # every header field, forwarded or dropped
+        self.unfinished_head = 0  # bytes read while this head was incomplete
+        self.chunks = 0  # chunk headers seen in a chunked body
+        self.chunk_overhead = 0  # framing bytes beyond the data (extensions): bounded
+        self.connection_tokens: frozenset[bytes] = frozenset()
         self.host: bytes | None = None
         self.host_count = 0
         self.authorization: bytes | None = None
@@ -164,7 +174,8 @@ class Exchange:
     def on_header(self, name: bytes, value: bytes) -> None:
         limits = self.client.limits
         self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > limits.max_header_bytes or len(self.headers) >= limits.max_headers:
+        self.field_count += 1
+        if self.header_bytes > limits.max_header_bytes or self.field_count > limits.max_headers:
             raise RequestRejected(431, "The request's header section is too large.")
         lname = name.lower()
         if lname in _SPECIAL:
@@ -196,6 +207,10 @@ class Exchange:
             self.client_id = clean_client_request_id(value.strip())
         elif lname == b"x-forwarded-for":
             self.forwarded_for = value.strip()
+        elif lname == b"connection":
+            # Fields the client names here are for this hop only (RFC 9110 7.6.1).
+            tokens = {t.strip().lower() for t in value.split(b",")} - {b"host", b""}
+            self.connection_tokens = self.connection_tokens | tokens
         # other special names (hop-by-hop, smuggling aliases, ids we set) are dropped
 
     def _transfer_encoding(self, value: bytes) -> None:
@@ -215,7 +230,10 @@ class Exchange:
         self.t_start = perf_counter()
         if not self.request_id:
             self.request_id = client.ids.new()
+        if self.http10:
+            self.expect_continue = False  # no 1xx answers to HTTP/1.0 (RFC 9110 15.2)
         if self.reject is not None:
+            self.close_after = True
             return
         if version not in ("1.1", "1.0"):
             self._reject_and_close(505, "Only HTTP/1.0 and HTTP/1.1 are supported.")
@@ -302,7 +320,10 @@ class Exchange:
     def _build_upstream_head(self, target: bytes) -> bytes:
         client = self.client
         parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
+        hop_only = self.connection_tokens
         for name, value in self.headers:
+            if hop_only and name.lower() in hop_only:
+                continue
             parts += (name, b": ", value, b"\r\n")
         peer = client.peer_ip
         xff = self.forwarded_for + b", " + peer if self.forwarded_for else peer
@@ -349,6 +370,8 @@ class Exchange:
         conn = pool.take_idle()
         if conn is not None:
             self._attach(conn)
+            if not self.client.feeding:  # inside a read, the client flushes once at its end
+                self.flush_upstream()
         else:
             self.state = CONNECTING
             pool.connect(self, self._connected)
@@ -689,6 +712,8 @@ class Exchange:
     def respond_error(self, status: int, message: str) -> None:
         """Answer from the router itself (never used once a replica's answer has started)."""
         self._release_slot()
+        if not self.request_id:  # refused before its head was complete
+            self.request_id = self.client.ids.new()
         body = http.error_body(status, message, self.request_id)
         rid = self.request_id.encode()
         parts = [

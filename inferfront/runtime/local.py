@@ -19,6 +19,16 @@ Decisions worth knowing:
   waits for them. A drain that times out stops the replica with requests still in flight.
 - Signals go to the replica's whole process group (each replica leads its own session), so
   worker processes a model server forks stop with it.
+- Replicas die with the router, even on SIGKILL (PR_SET_PDEATHSIG). Setting that from a
+  `preexec_fn` forces a fork() of the whole router whose child runs Python before exec, and the
+  event loop waits for it (tens of ms per replica for a big router). Where util-linux's setpriv
+  supports `--pdeathsig`, replicas are launched as
+  `setpriv --pdeathsig KILL -- /bin/sh -c GUARD sh ROUTER_PID COMMAND...` with no preexec_fn:
+  the loop only spawns (vfork under asyncio; uvloop still forks but no longer waits for the
+  child). GUARD exits unless the shell's parent is still the router, which closes the race of
+  a router that dies before setpriv set the signal (the child is then already re-parented).
+  Elsewhere the preexec_fn remains, with the same check. The command is looked up before
+  launching, so a missing program still raises FileNotFoundError from `start()`.
 - `env` adds to (does not replace) the router's environment; PYTHONUNBUFFERED=1 is set unless
   given, so Python replicas' log lines arrive as they are written. `{host}` in an argument is
   replaced like `{port}`.
@@ -31,9 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import functools
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -60,6 +74,11 @@ OUTPUT_DRAIN_S = 1.0  # after exit, wait this long for the last log lines
 _MAX_STREAK = 30  # keeps 2**streak finite
 _PYTHON_ALIASES = frozenset({"python", "python3"})
 _PR_SET_PDEATHSIG = 1
+_SETPRIV_PATHS = ("/usr/bin/setpriv", "/bin/setpriv")
+_SHELL = "/bin/sh"
+# Run by /bin/sh after setpriv set the death signal: $1 is the router's pid. A different parent
+# means the router died before the signal was set; the command must not run orphaned.
+_PARENT_GUARD = 'test "$PPID" = "$1" || exit 1; shift; exec "$@"'
 _STREAM_LIMIT = 64 * 1024  # longest log line kept
 
 
@@ -168,6 +187,7 @@ class LocalProcessRuntime:
         self._started = False
         self._stopped = False
         self._stop_task: asyncio.Task[None] | None = None
+        setpriv_with_pdeathsig()  # the one-time check, here rather than in the first launch
 
     # --- ReplicaRuntime -------------------------------------------------------------------
 
@@ -589,20 +609,75 @@ class _ReplicaProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 async def _spawn_process(
     argv: Sequence[str], cwd: Path, env: Mapping[str, str]
 ) -> tuple[asyncio.subprocess.Process, asyncio.Event]:
-    """What asyncio.create_subprocess_exec does, keeping the protocol's exit event."""
+    """What asyncio.create_subprocess_exec does, keeping the protocol's exit event; the
+    replica dies with the router (see the module docstring)."""
     loop = asyncio.get_running_loop()
+    launch, preexec_fn = _dying_with_router(argv, cwd, env, os.getpid())
     transport, protocol = await loop.subprocess_exec(
         lambda: _ReplicaProtocol(limit=_STREAM_LIMIT, loop=loop),
-        *argv,
+        *launch,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=cwd,
         env=env,
         start_new_session=True,  # a Ctrl-C to the router's terminal must not reach replicas
-        preexec_fn=_die_with_parent(os.getpid()),
+        preexec_fn=preexec_fn,
     )
     return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
+
+
+def _dying_with_router(
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str], router_pid: int
+) -> tuple[list[str], Callable[[], None] | None]:
+    """The argv to launch and the preexec_fn (None where setpriv does the job)."""
+    setpriv = setpriv_with_pdeathsig()
+    if setpriv is None:
+        return list(argv), _die_with_parent(router_pid)
+    _check_executable(argv[0], cwd, env)  # sh would only exit 127: fail here, like exec does
+    guard = [_SHELL, "-c", _PARENT_GUARD, "inferfront-replica", str(router_pid)]
+    return [setpriv, "--pdeathsig", "KILL", "--", *guard, *argv], None
+
+
+@functools.cache
+def setpriv_with_pdeathsig() -> str | None:
+    """setpriv's path if it can launch through the parent guard here, else None.
+
+    Checked once per process by running the whole chain on a no-op (a few ms, blocking: the
+    first runtime calls it from its constructor, before any traffic).
+    """
+    if not sys.platform.startswith("linux") or not os.access(_SHELL, os.X_OK):
+        return None
+    for path in _SETPRIV_PATHS:
+        if not os.access(path, os.X_OK):
+            continue
+        guard = [_SHELL, "-c", _PARENT_GUARD, "inferfront-replica", str(os.getpid())]
+        try:
+            done = subprocess.run(
+                [path, "--pdeathsig", "KILL", "--", *guard, _SHELL, "-c", "exit 0"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if done.returncode == 0:  # an old setpriv rejects the option and exits 1
+            return path
+    return None
+
+
+def _check_executable(program: str, cwd: Path, env: Mapping[str, str]) -> None:
+    """Raise what exec would for a program that cannot run (found as execvp looks it up)."""
+    if os.sep in program:
+        path = os.path.join(cwd, program)  # an absolute program ignores cwd
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
 def _pick_surplus(
@@ -666,9 +741,11 @@ _PRCTL = _load_prctl()
 
 
 def _die_with_parent(router_pid: int) -> Callable[[], None] | None:
-    """A preexec_fn making the kernel SIGKILL the replica when the router dies (even by -9).
+    """A preexec_fn making the kernel SIGKILL the replica when the router dies (even by -9):
+    the fallback where setpriv cannot do it (see the module docstring).
 
-    The signal follows the *thread* that forked the child, which is the event loop's thread.
+    The signal follows the *thread* that forked the child, which is the event loop's thread
+    (with setpriv too: the death signal is the child's, the parent the forking thread).
     """
     prctl = _PRCTL
     if prctl is None:

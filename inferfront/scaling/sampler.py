@@ -79,7 +79,7 @@ class UtilizationWindow:
     """The most recent samples of one deployment, oldest first.
 
     Memory is bounded by time: adding a sample drops those older than `horizon_s` before it, so
-    with a 100 ms tick and a 61 s horizon at most ~610 samples are held.
+    with a 100 ms tick and the policy's default 121 s horizon at most ~1210 samples are held.
     """
 
     def __init__(self, horizon_s: float) -> None:
@@ -141,18 +141,34 @@ class UtilizationWindow:
             return 0.0
         return utilization(mean, latest.replicas)
 
-    def bucket_means(self, now: float, seconds: float, bucket_s: float) -> list[float]:
-        """Mean demand per bucket of `bucket_s` touching (now - seconds, now], newest first.
+    def interval_means(self, now: float, count: int, interval_s: float) -> list[float | None]:
+        """Mean demand of the `count` most recent *complete* intervals, newest first.
 
-        Buckets are aligned on absolute time, (k*bucket_s, (k+1)*bucket_s], so the answer does
-        not depend on how often or when it is asked; the oldest bucket, partly inside the
-        window, counts whole. Empty buckets are left out.
+        Intervals are aligned on absolute time, (k*interval_s, (k+1)*interval_s], and one is
+        complete once its end is at or before `now`; the interval still filling up is left out.
+        So the answer changes only when an interval closes, however often it is asked. None
+        stands for an interval without samples (a sampler stall, or before the first sample).
         """
-        first = math.floor((now - seconds) / bucket_s + EPSILON)
-        sums: dict[int, float] = {}
-        counts: dict[int, int] = {}
-        for sample in self._newest_first(now, now - first * bucket_s):
-            k = math.ceil(sample.at / bucket_s - EPSILON) - 1
-            sums[k] = sums.get(k, 0.0) + sample.demand
-            counts[k] = counts.get(k, 0) + 1
-        return [sums[k] / counts[k] for k in sorted(sums, reverse=True)]
+        newest = math.floor(now / interval_s + EPSILON) - 1  # the last complete interval
+        oldest = newest - count + 1
+        sums = [0.0] * count
+        counts = [0] * count
+        for sample in reversed(self._samples):
+            k = math.ceil(sample.at / interval_s - EPSILON) - 1
+            if k > newest:
+                continue  # the interval still filling up, or a time after `now`
+            if k < oldest:
+                break
+            sums[newest - k] += sample.demand
+            counts[newest - k] += 1
+        return [total / n if n else None for total, n in zip(sums, counts, strict=True)]
+
+
+def nearest_rank(values: list[float], fraction: float) -> float:
+    """The smallest value with at least `fraction` of the values at or below it (0 < fraction
+    <= 1). Never interpolates: with few values a high fraction is simply the maximum."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered) - EPSILON))
+    return ordered[rank - 1]
