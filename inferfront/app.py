@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferfront.admin.server import AdminServer
-from inferfront.cluster.local import LocalMembership
+from inferfront.cluster.local import LocalMembership, MemberIdInUse
 from inferfront.config import Config, Deployment
 from inferfront.coordinator.node import ClusterNode
 from inferfront.endpoints import DeploymentState, Endpoints
@@ -190,7 +190,13 @@ class Router:
             on_role_change=self._coordinating,
             expected_members=options.expected_members,
         )
-        await self.node.start()
+        try:
+            await self.node.start()
+        except MemberIdInUse as exc:
+            raise StartupError(
+                f"instance id {options.instance_id!r} is in use by a live instance sharing "
+                f"{options.state_dir}: give each instance its own --instance-id"
+            ) from exc
 
     def cluster_view(self) -> dict:
         if self.node is None:

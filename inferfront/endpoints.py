@@ -90,6 +90,8 @@ class DeploymentState:
     # -- used by the proxy ------------------------------------------------------------------
 
     def connect_failed(self, replica: Replica, refused: bool) -> None:
+        if self.slots is not self.table:
+            self.slots.connect_failed(replica.name, refused)  # the coordinator decides routing
         count = self._connect_failures.get(replica.name, 0) + 1
         self._connect_failures[replica.name] = count
         limit = REFUSED_FAILURES_TO_UNROUTE if refused else OTHER_FAILURES_TO_UNROUTE

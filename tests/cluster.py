@@ -1,32 +1,32 @@
 """Several `inferfront serve` instances sharing one --cluster-dir, and real HTTP clients for them.
 
-    def test_x(inferfront_cluster, model_server):
-        replicas = model_server.many(["r0", "r1"])
-        cluster = inferfront_cluster(cluster_config([r.url for r in replicas], limit=1))
+    with cluster_factory(tmp_path) as start:          # usually inside a fixture
+        cluster = start(cluster_config([r.url for r in replicas], limit=1))
         cluster.instances            # ClusterInstance (a RouterHandle) per instance, by index
         cluster.coordinator_of("iris/blue")   # the instance that coordinates it, by its views
 
-Each instance gets its own request and admin ports (so a client knows which instance served it)
-and the instance id `fe-<index>`. `ClusterInstance.kill()` is SIGKILL; `Cluster.restart(i)`
-starts instance i again under the same id (new ports). The load helpers (`burst`, `LoadLoop`)
-speak HTTP/1.1 over raw asyncio sockets, keep-alive, with every wait bounded.
+Each instance gets its own request and admin ports (so a client knows which instance served
+it; `share_port=True` puts them all on one port, SO_REUSEPORT) and the instance id `fe-<index>`.
+`ClusterInstance.kill()` is SIGKILL; `Cluster.restart(i)` starts instance i again under the same
+id (new ports). The load helpers (`burst`, `LoadLoop`) speak HTTP/1.1 over raw asyncio sockets,
+keep-alive, with every wait bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from tests.helpers import free_port, wait_until
@@ -114,6 +114,11 @@ class ClusterInstance(RouterHandle):
         view = self.cluster_view()
         return {role["deployment"]: role["coordinator"] for role in view["coordinators"]}
 
+    def errors(self) -> list[str]:
+        """stderr lines worth showing when a test fails: errors and tracebacks."""
+        keep = ("ERROR", "Traceback", "Error", "Exception", "  File ")
+        return [line for line in list(self.stderr) if any(word in line for word in keep)]
+
     def access_log(self) -> list[dict[str, Any]]:
         """The JSON lines written so far on stdout (other lines are skipped)."""
         lines = []
@@ -145,9 +150,7 @@ class Cluster:
             instance.wait_ready()
 
     def _launch(self, index: int) -> ClusterInstance:
-        return ClusterInstance(
-            self.config_path, self.state_dir, f"fe-{index}", self.shared_port
-        )
+        return ClusterInstance(self.config_path, self.state_dir, f"fe-{index}", self.shared_port)
 
     def live(self) -> list[ClusterInstance]:
         return [instance for instance in self.instances if instance.alive]
@@ -219,10 +222,10 @@ class ClusterFactory:
             cluster.stop_all()
 
 
-@pytest.fixture
-def inferfront_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
-    """`inferfront_cluster(config, size=3, share_port=False)` -> a started `Cluster`; every
-    instance is stopped at teardown."""
+@contextlib.contextmanager
+def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """For a fixture: `factory(config, size=3, share_port=False)` -> a started `Cluster`;
+    every instance it started is stopped on exit."""
     factory = ClusterFactory(tmp_path)
     try:
         yield factory
@@ -251,21 +254,31 @@ class HttpConnection:
         )
 
     async def post(
-        self, target: str, body: bytes = b"{}", timeout: float = REQUEST_TIMEOUT_S
+        self,
+        target: str,
+        body: bytes = b"{}",
+        timeout: float = REQUEST_TIMEOUT_S,
+        on_sent: Callable[[], None] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
+        """POST and read the whole answer; `on_sent` is called once the request is written."""
         try:
-            return await asyncio.wait_for(self._post(target, body), timeout)
+            return await asyncio.wait_for(self._post(target, body, on_sent), timeout)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             self.close()
             raise Broken(f"{type(exc).__name__}: {exc}") from exc
 
-    async def _post(self, target: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    async def _post(
+        self, target: str, body: bytes, on_sent: Callable[[], None] | None
+    ) -> tuple[int, dict[str, str], bytes]:
         assert self.reader is not None and self.writer is not None
         self.writer.write(
             f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+        await self.writer.drain()
+        if on_sent is not None:
+            on_sent()
         head = await self.reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         status = int(status_line.split(" ", 2)[1])
@@ -321,13 +334,16 @@ class Outcome:
 
 
 async def post_once(
-    connection: HttpConnection, instance: str, target: str
+    connection: HttpConnection,
+    instance: str,
+    target: str,
+    on_sent: Callable[[], None] | None = None,
 ) -> Outcome:
     started = time.monotonic()
     try:
         if not connection.is_open:
             await connection.open()
-        status, headers, _ = await connection.post(target)
+        status, headers, _ = await connection.post(target, on_sent=on_sent)
     except Broken as exc:
         return Outcome(instance, started, time.monotonic(), None, str(exc))
     except (OSError, TimeoutError) as exc:
@@ -337,10 +353,19 @@ async def post_once(
 
 
 async def burst(
-    targets: list[tuple[str, int]], clients: int, per_client: int, query: str = ""
+    targets: list[tuple[str, int]],
+    clients: int,
+    per_client: int,
+    query: str = "",
+    sent: Counter[str] | None = None,
 ) -> list[Outcome]:
     """`clients` concurrent clients, spread round-robin over `targets` (instance id, port),
-    each sending `per_client` requests one after another on one keep-alive connection."""
+    each sending `per_client` requests one after another on one keep-alive connection.
+    `sent["requests"]` counts requests fully written, for tests that wait for arrivals."""
+
+    def count_sent() -> None:
+        if sent is not None:
+            sent["requests"] += 1
 
     async def client(index: int) -> list[Outcome]:
         instance, port = targets[index % len(targets)]
@@ -349,7 +374,7 @@ async def burst(
         try:
             for n in range(per_client):
                 target = f"{SCORE_PATH}?c={index}&n={n}{query}"
-                outcomes.append(await post_once(connection, instance, target))
+                outcomes.append(await post_once(connection, instance, target, count_sent))
         finally:
             connection.close()
         return outcomes
@@ -411,7 +436,7 @@ def longest_gap(outcomes: list[Outcome], start: float, end: float) -> tuple[floa
     (its length, its beginning)."""
     moments = sorted(o.ended for o in outcomes if o.ok and start <= o.ended <= end)
     points = [start, *moments, end]
-    return max((b - a, a) for a, b in zip(points, points[1:], strict=False))
+    return max((b - a, a) for a, b in itertools.pairwise(points))
 
 
 # -- replica timelines ------------------------------------------------------------------------

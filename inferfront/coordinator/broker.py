@@ -130,11 +130,18 @@ class Broker:
         name = replica.name
         if self.leases[name] > 0:
             self.leases[name] -= 1
-        if self._coordinating():
+        link = self.link
+        if link is not None and link.local:  # coordinating, or rebuilding: gain() counted it
             self.table.release(replica)
-        elif self.link is not None:
-            self.link.send(p.release(self.dep, name.encode()))
+        elif link is not None:
+            link.send(p.release(self.dep, name.encode()))
         # else: no coordinator now; the lease count we keep is what the next one will hear
+
+    def connect_failed(self, name: str, refused: bool) -> None:
+        """Tell a remote coordinator this replica refused us, so it stops granting it."""
+        link = self.link
+        if link is not None and not link.local:
+            link.send(p.failed(self.dep, name.encode(), refused))
 
     # -- local decisions --------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("inferfront.coordinator")
 
 RESOLVE_INTERVAL_S = 0.2
+# While some deployment has no reachable coordinator, look again this often: the new holder
+# usually claims the lease within one election tick of the old one's death.
+ORPHAN_RESOLVE_INTERVAL_S = 0.02
 
 
 def config_hash(keys: list[str], text: str) -> str:
@@ -101,7 +104,10 @@ class ClusterNode:
 
     async def _loop(self) -> None:
         while True:
-            await self.client.wait_resolve(RESOLVE_INTERVAL_S)
+            orphaned = any(broker.link is None for broker in self.brokers)
+            await self.client.wait_resolve(
+                ORPHAN_RESOLVE_INTERVAL_S if orphaned else RESOLVE_INTERVAL_S
+            )
             try:
                 await self._round()
             except Exception:  # keep trying: a failed round must not stop routing
@@ -109,6 +115,8 @@ class ClusterNode:
 
     async def _round(self) -> None:
         await self._elector.tick()  # type: ignore[union-attr]  # refreshes the membership too
+        live = {m.id for m in self.membership.members()}  # type: ignore[union-attr]
+        self.service.forget_departed(live)
         for broker in self.brokers:
             await self._point(broker)
 

@@ -12,6 +12,7 @@ Frame: u32 length of what follows, u8 kind, payload.
     ACQUIRE  u32 ticket, u16 deployment
     CANCEL   u32 ticket, u16 deployment
     RELEASE  u16 deployment, u8 n, replica name
+    FAILED   u16 deployment, u8 n, replica name, u8 refused   (could not connect to it)
   coordinator -> front-end
     GRANT    u32 ticket, u8 n, replica name
     REJECT   u32 ticket, u16 status      (429: the deployment's queue is full; 503: not coordinator)
@@ -26,7 +27,7 @@ import json
 import struct
 from collections.abc import Callable
 
-HELLO, ACQUIRE, CANCEL, RELEASE, GRANT, REJECT = range(1, 7)
+HELLO, ACQUIRE, CANCEL, RELEASE, GRANT, REJECT, FAILED = range(1, 8)
 
 _HEAD = struct.Struct("!IB")
 _TICKET_DEP = struct.Struct("!IH")
@@ -69,6 +70,20 @@ def release(deployment: int, replica: bytes) -> bytes:
     return (
         _HEAD.pack(4 + len(replica), RELEASE) + _DEP_NAME.pack(deployment, len(replica)) + replica
     )
+
+
+def failed(deployment: int, replica: bytes, refused: bool) -> bytes:
+    return (
+        _HEAD.pack(5 + len(replica), FAILED)
+        + _DEP_NAME.pack(deployment, len(replica))
+        + replica
+        + (b"\x01" if refused else b"\x00")
+    )
+
+
+def unpack_failed(payload: bytes) -> tuple[int, bytes, bool]:
+    deployment, n = _DEP_NAME.unpack_from(payload)
+    return deployment, payload[3 : 3 + n], payload[3 + n : 4 + n] == b"\x01"
 
 
 def grant(ticket: int, replica: bytes) -> bytes:

@@ -133,6 +133,14 @@ class CoordinatorService:
             resume()
         log.info("coordinating %s", self.deployments[dep].key)
 
+    def forget_departed(self, live: set[str]) -> None:
+        """A member that died while we waited for its report has nothing to report."""
+        for dep, role in list(self.roles.items()):
+            if role.rebuilding and role.awaiting - live:
+                role.awaiting &= live
+                if not role.awaiting:
+                    self._finish_rebuild(dep)
+
     def _add_leases(self, dep: int, leases: dict[str, int]) -> None:
         table = self.table(dep)
         for name, count in leases.items():
@@ -225,6 +233,13 @@ class CoordinatorService:
             if replica is not None:
                 self.table(dep).release(replica)
 
+    def connect_failed(self, dep: int, name: str, refused: bool) -> None:
+        """A front-end could not connect to a replica: the same rule as our own failures."""
+        if dep in self.roles:
+            replica = self.table(dep).replicas.get(name)
+            if replica is not None:
+                self.deployments[dep].connect_failed(replica, refused)
+
     def connection_closed(self, conn: FrontEndConnection) -> None:
         """A front-end is gone: its queued requests leave the queue, its slots come back."""
         self.connections.discard(conn)
@@ -289,6 +304,9 @@ class FrontEndConnection(asyncio.Protocol):
             service.cancel(self, ticket, dep)
         elif kind == p.HELLO:
             service.hello(self, json.loads(payload))
+        elif kind == p.FAILED:
+            dep, name, refused = p.unpack_failed(payload)
+            service.connect_failed(dep, name.decode(), refused)
         else:
             raise p.ProtocolError(f"unexpected frame kind {kind}")
 

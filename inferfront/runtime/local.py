@@ -49,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ class _Replica:
         self,
         name: str,
         port: int,
-        process: asyncio.subprocess.Process,
+        process: _ReplicaProcess,
         exited: asyncio.Event,
         lineage: Lineage,
         launched_at: float,
@@ -316,10 +317,23 @@ class LocalProcessRuntime:
 
     async def _pump_output(self, replica: _Replica) -> None:
         stream = replica.process.stdout
-        assert stream is not None
+        try:
+            while line := await self._read_line(replica, stream):
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                self._log.info(
+                    "[%s/%s] %s",
+                    self.deployment_name,
+                    replica.name,
+                    text,
+                    extra=self._extra(replica),
+                )
+        finally:  # end of output, or cancelled while a grandchild holds the pipe open
+            replica.process.close_output()
+
+    async def _read_line(self, replica: _Replica, stream: asyncio.StreamReader) -> bytes:
         while True:
             try:
-                line = await stream.readline()
+                return await stream.readline()
             except ValueError:  # one line over the stream limit: dropped by the reader
                 self._log.warning(
                     "[%s/%s] <overlong output line dropped>",
@@ -327,13 +341,6 @@ class LocalProcessRuntime:
                     replica.name,
                     extra=self._extra(replica),
                 )
-                continue
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip("\r\n")
-            self._log.info(
-                "[%s/%s] %s", self.deployment_name, replica.name, text, extra=self._extra(replica)
-            )
 
     async def _watch_exit(self, replica: _Replica) -> None:
         await replica.exited.wait()
@@ -590,41 +597,101 @@ class LocalProcessRuntime:
         return {"deployment": self.deployment_name, "replica": replica.name}
 
 
-class _ReplicaProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """The stream protocol behind create_subprocess_exec, plus an event set on process exit.
+class _ReplicaProcess:
+    """A replica's process as the runtime needs it: pid, returncode, its output (stdout and
+    stderr in one pipe) as a StreamReader, and an event set when it exits.
 
-    `Process.wait()` also waits for the output pipe to close, which never happens while a
-    grandchild (a model server's worker) holds it open; exit must be seen regardless.
+    Exit is watched apart from the output pipe, which a grandchild (a model server's worker)
+    may hold open long after the replica itself exited.
     """
 
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
+    def __init__(self, popen: subprocess.Popen[bytes], stdout: asyncio.StreamReader) -> None:
+        self._popen = popen
+        self.stdout = stdout
         self.exited = asyncio.Event()
+        self._output: asyncio.BaseTransport | None = None
 
-    def process_exited(self) -> None:
-        super().process_exited()
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode  # set once reaped, just before `exited`
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self._popen.send_signal(sig)  # a no-op once reaped
+
+    def close_output(self) -> None:
+        if self._output is not None:
+            self._output.close()
+
+    async def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the output pipe on the loop and watch for the exit."""
+        pipe = self._popen.stdout
+        assert pipe is not None
+        self._output, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(self.stdout, loop=loop), pipe
+        )
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
+            threading.Thread(
+                target=self._wait_in_thread, args=(loop,), name=f"wait-{self.pid}", daemon=True
+            ).start()
+            return
+        loop.add_reader(pidfd, self._reap, loop, pidfd)
+
+    def _reap(self, loop: asyncio.AbstractEventLoop, pidfd: int) -> None:
+        """The pidfd is readable: the process has exited; reaping it does not block."""
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        self._popen.wait()
         self.exited.set()
+
+    def _wait_in_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._popen.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(self.exited.set)
 
 
 async def _spawn_process(
     argv: Sequence[str], cwd: Path, env: Mapping[str, str]
-) -> tuple[asyncio.subprocess.Process, asyncio.Event]:
-    """What asyncio.create_subprocess_exec does, keeping the protocol's exit event; the
-    replica dies with the router (see the module docstring)."""
+) -> tuple[_ReplicaProcess, asyncio.Event]:
+    """Start a replica that dies with the router (see the module docstring).
+
+    subprocess.Popen rather than loop.subprocess_exec: uvloop spawns through libuv, which
+    always fork()s and waits for the child's exec, a stall that grows with the router's
+    memory; Popen without a preexec_fn uses vfork(), whatever the loop.
+    """
     loop = asyncio.get_running_loop()
     launch, preexec_fn = _dying_with_router(argv, cwd, env, os.getpid())
-    transport, protocol = await loop.subprocess_exec(
-        lambda: _ReplicaProtocol(limit=_STREAM_LIMIT, loop=loop),
-        *launch,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    popen = subprocess.Popen(
+        launch,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         cwd=cwd,
         env=env,
         start_new_session=True,  # a Ctrl-C to the router's terminal must not reach replicas
         preexec_fn=preexec_fn,
     )
-    return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
+    process = _ReplicaProcess(popen, asyncio.StreamReader(limit=_STREAM_LIMIT, loop=loop))
+    try:
+        await process.attach(loop)
+    except BaseException:
+        _kill_unwatched(popen)
+        raise
+    return process, process.exited
+
+
+def _kill_unwatched(popen: subprocess.Popen[bytes]) -> None:
+    """A process we failed to watch must not outlive the launch."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    popen.wait()
+    if popen.stdout is not None:
+        popen.stdout.close()
 
 
 def _dying_with_router(
@@ -703,7 +770,7 @@ def _cancel_all(tasks: Sequence[asyncio.Task[Any]] | set[asyncio.Task[Any]]) -> 
         task.cancel()
 
 
-def _signal_group(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+def _signal_group(process: _ReplicaProcess, sig: signal.Signals) -> None:
     if process.returncode is not None:
         return  # reaped: its pid (and group id) may belong to someone else now
     try:

@@ -49,6 +49,15 @@ def test_release_round_trip(dep: int, name: bytes) -> None:
     assert p.unpack_release(payload) == (dep, name)
 
 
+@pytest.mark.parametrize("refused", (True, False))
+@pytest.mark.parametrize("name", REPLICA_NAMES)
+@pytest.mark.parametrize("dep", DEPLOYMENTS)
+def test_failed_round_trip(dep: int, name: bytes, refused: bool) -> None:
+    kind, payload = decode_one(p.failed(dep, name, refused))
+    assert kind == p.FAILED
+    assert p.unpack_failed(payload) == (dep, name, refused)
+
+
 @pytest.mark.parametrize("name", REPLICA_NAMES)
 @pytest.mark.parametrize("ticket", TICKETS)
 def test_grant_round_trip(ticket: int, name: bytes) -> None:
