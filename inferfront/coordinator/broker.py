@@ -188,13 +188,13 @@ class Broker:
             self.client.tickets[ticket] = self
             self.unsent.add(ticket)
 
-    def granted(self, ticket: int, name: str) -> None:
+    def granted(self, ticket: int, name: str, via: Link) -> None:
         waiter = self.pending.pop(ticket, None)
         replica = self.table.replicas.get(name)
         if waiter is None or not waiter.active or replica is None:
-            # Cancelled meanwhile, or a replica we have not heard of yet: give it back.
-            if self.link is not None:
-                self.link.send(p.release(self.dep, name.encode()))
+            # Cancelled meanwhile, or a replica we have not heard of yet: give it back to
+            # the coordinator that granted it (not necessarily our current one).
+            via.send(p.release(self.dep, name.encode()))
             if waiter is not None and waiter.active:
                 self.pending[ticket] = waiter
                 self.client.tickets[ticket] = self
@@ -299,7 +299,7 @@ class TcpLink(asyncio.Protocol):
             ticket, name = p.unpack_grant(payload)
             broker = self.client.tickets.pop(ticket, None)
             if broker is not None:
-                broker.granted(ticket, name.decode())
+                broker.granted(ticket, name.decode(), self)
             else:  # a grant for a request that gave up: hand the slot straight back
                 dep = self.client.ticket_deps.pop(ticket, None)
                 if dep is not None:
