@@ -595,16 +595,8 @@ class Exchange:
         self._retry_or_fail(502, "The replica closed the connection without answering.")
 
     def upstream_failed(self, why: str) -> None:
-        conn = self.upconn
-        self.upconn = None
-        if conn is not None:
-            conn.abort()
-        self._release_slot()
-        if self.resp_head_sent:
-            self._abort_client(502)
-        else:
-            self.out.clear()
-            self.respond_error(502, why.rstrip(".") + ".")
+        self._let_go()
+        self._fail(502, why.rstrip(".") + ".")
 
     def refuse(self, status: int, message: str) -> None:
         """Waiter protocol (cluster): the coordinator turned this queued request away."""
@@ -615,6 +607,12 @@ class Exchange:
         """The request itself turned out bad mid-body (too large, broken chunking)."""
         if self.state == DONE:
             return
+        self._let_go()
+        self.close_after = True
+        self._fail(status, message)
+
+    def _let_go(self) -> None:
+        """Leave the queue, drop the replica connection mid-exchange, give the slot back."""
         if self.state == QUEUED:
             self.deployment.slots.cancel(self)  # type: ignore[union-attr]
         conn = self.upconn
@@ -622,7 +620,9 @@ class Exchange:
         if conn is not None:
             conn.abort()
         self._release_slot()
-        self.close_after = True
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer with an error, or cut the connection if the replica's answer has begun."""
         if self.resp_head_sent:
             self._abort_client(status)
         else:
@@ -666,35 +666,17 @@ class Exchange:
 
     def _on_deadline(self) -> None:
         self.timer = None
-        state = self.state
-        if state == DONE:
+        if self.state == DONE:
             return
-        if state == QUEUED:
-            self.deployment.slots.cancel(self)  # type: ignore[union-attr]
-        conn = self.upconn
-        self.upconn = None
-        if conn is not None:
-            conn.abort()
-        self._release_slot()
-        if self.resp_head_sent:
-            self._abort_client(504)
-        else:
-            self.out.clear()
-            self.close_after = self.close_after or not self.body_complete
-            self.respond_error(504, "The request took longer than request_timeout_ms.")
+        self._let_go()
+        self.close_after = self.close_after or not self.body_complete
+        self._fail(504, "The request took longer than request_timeout_ms.")
 
     def client_lost(self) -> None:
         """The client went away: give the slot back at once and drop the replica exchange."""
-        state = self.state
-        if state == DONE:
+        if self.state == DONE:
             return
-        if state == QUEUED:
-            self.deployment.slots.cancel(self)  # type: ignore[union-attr]
-        conn = self.upconn
-        self.upconn = None
-        if conn is not None:
-            conn.abort()
-        self._release_slot()
+        self._let_go()
         self.t_upstream_done = perf_counter()
         self._done(499)  # nginx's code for "client closed request", logged only
 
