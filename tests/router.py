@@ -144,7 +144,7 @@ def router(tmp_path: Path) -> Iterator[RouterFactory]:
 def endpoint_config(
     urls: list[str] | None = None,
     *,
-    name: str = "ep",
+    name: str = "endpoint",
     deployment: str = "blue",
     command: list[str] | None = None,
     request_settings: dict[str, Any] | None = None,

@@ -118,12 +118,9 @@ class ClientConnection(asyncio.Protocol):
             exchange.fail_request(400, "Too much chunk framing (extensions) for the data sent.")
 
     def eof_received(self) -> bool:
-        # The client half-closed: answer what it sent (close once written), read nothing more.
-        if not self.exchanges:
-            return False
-        self.parse_failed = True
-        self.exchanges[-1].close_after = True
-        return True
+        # A FIN cannot tell close() from shutdown(SHUT_WR); clients that give up close, so
+        # take it as the client leaving and free its slots now (nginx does the same).
+        return False
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -178,6 +178,8 @@ class Exchange:
         if self.header_bytes > limits.max_header_bytes or self.field_count > limits.max_headers:
             raise RequestRejected(431, "The request's header section is too large.")
         lname = name.lower()
+        if lname.startswith(b"proxy"):
+            return  # Proxy (httpoxy) and Proxy-*: meant for proxies, never for the model
         if lname in _SPECIAL:
             self._special_header(lname, value)
             return
@@ -634,18 +636,26 @@ class Exchange:
         deployment = self.deployment
         self._release_slot()
         replayable = not self.body_sent_upstream or (self.replay is not None and self.body_complete)
-        if self.attempts <= self.client.retries and replayable and deployment is not None:
-            deployment.stats.retries += 1  # type: ignore[union-attr]
+        if (
+            self.attempts <= self.client.retries
+            and replayable
+            and deployment is not None
+            and deployment.slots.ready_count  # nowhere else to go: fail now, not at the deadline
+        ):
+            deployment.stats.retries += 1
             if self.body_sent_upstream:
                 self.pending = self._replay_body()
             self.body_sent_upstream = False
-            replica = deployment.slots.try_acquire(jump_queue=True)  # type: ignore[union-attr]
+            replica = deployment.slots.try_acquire(jump_queue=True)
             if replica is not None:
                 self._use(replica)
                 return
             self.state = QUEUED
             self.active = True
-            deployment.slots.enqueue(self, front=True)  # type: ignore[union-attr]
+            deployment.slots.enqueue(self, front=True)  # it already waited its turn once
+            if self.state == QUEUED and self.queue_timer is None:
+                loop = self.client.loop
+                self.queue_timer = loop.call_later(deployment.queue_wait_s, self._on_queue_timeout)
             return
         self.respond_error(status, message)
 

@@ -99,6 +99,8 @@ class MirrorCopy:
 
     def _connected(self, conn: UpstreamConnection | None, why: str) -> None:
         if conn is None:
+            if self.replica is not None:  # the same rule as live requests: stop routing there
+                self.deployment.connect_failed(self.replica, refused="refused" in why.lower())
             self._end(502)
         elif self.replica is None:  # timed out while connecting
             conn.pool.release(conn)

@@ -438,8 +438,9 @@ def test_dead_mirror_does_not_fail_clients(cluster: Cluster, client: httpx.Clien
     for _ in range(20):
         response = client.post(cluster.url("mirror-dead"), content=b"{}")
         assert echoed(response)["replica"] == "m-live"
-    shadow = cluster.router.deployment("mirror-dead", "shadow")
-    assert shadow["responses"].get("502", 0) >= 1  # copies were tried, and failed, aside
+    # Copies were tried, and failed, aside.
+    wait_until(lambda: cluster.router.deployment("mirror-dead", "shadow")["responses"].get("502"),
+               message="failed mirror copies are counted on the mirror deployment")
 
 
 # ==========================================================================================
@@ -455,9 +456,11 @@ def test_missing_or_wrong_key_is_401(
     cluster: Cluster, client: httpx.Client, authorization: str | None
 ) -> None:
     headers = {"Authorization": authorization} if authorization else {}
+    replica = cluster.servers["k0"]
+    before = replica.stats(history=False)["requests"]
     response = client.post(cluster.url("keyed"), content=b"{}", headers=headers)
     assert_azure_error(response, 401, "Unauthorized")
-    assert cluster.servers["k0"].stats(history=False)["requests"] == 0
+    assert replica.stats(history=False)["requests"] == before  # never forwarded
 
 
 @pytest.mark.parametrize("key", [PRIMARY_KEY, SECONDARY_KEY])
@@ -499,7 +502,6 @@ def test_hop_by_hop_headers_are_not_forwarded(cluster: Cluster, client: httpx.Cl
     assert headers["x-ordinary"] == "kept"
 
 
-@pytest.mark.xfail(strict=True, reason="headers named in Connection are forwarded (RFC 9110 7.6.1)")
 def test_headers_named_in_connection_are_not_forwarded(
     cluster: Cluster, client: httpx.Client
 ) -> None:
@@ -510,7 +512,6 @@ def test_headers_named_in_connection_are_not_forwarded(
     assert "x-hop-secret" not in echoed(response)["headers"]
 
 
-@pytest.mark.xfail(strict=True, reason="Proxy-* headers other than the two RFC ones are forwarded")
 def test_every_proxy_header_is_dropped(cluster: Cluster, client: httpx.Client) -> None:
     # `Proxy:` is the httpoxy header (CGI turns it into HTTP_PROXY); the brief drops all Proxy-*.
     response = client.post(
