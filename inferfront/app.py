@@ -259,8 +259,7 @@ class Router:
         if proxy is not None:
             for conn in list(proxy.connections):
                 conn._abort()
-        for state in self.endpoints.deployments():
-            state.close_pools()
+        self.endpoints.pools.close()
         if self.admin is not None:
             await self.admin.close()
         if self.access_log is not None:

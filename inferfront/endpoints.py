@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from inferfront.proxy.upstream import UpstreamPool
+from inferfront.proxy.upstream import UpstreamPools
 from inferfront.routing.slots import Replica, SlotTable
 from inferfront.routing.traffic import Mirror, TrafficSplit
 from inferfront.telemetry.stats import DeploymentStats
@@ -29,7 +29,7 @@ OTHER_FAILURES_TO_UNROUTE = 3
 class DeploymentState:
     """One deployment of one endpoint, as the data plane sees it."""
 
-    def __init__(self, endpoint: str, config: Deployment) -> None:
+    def __init__(self, endpoint: str, config: Deployment, pools: UpstreamPools) -> None:
         self.endpoint = endpoint
         self.name = config.name
         self.config = config
@@ -48,7 +48,8 @@ class DeploymentState:
         self.slots: SlotTable | Broker = self.table
         self.stats = DeploymentStats()
         self.runtime: ReplicaRuntime | None = None
-        self.pools: dict[str, UpstreamPool] = {}
+        self._pools = pools
+        self.pools = pools.by_address  # replica address -> keep-alive pool (shared)
         self._connect_failures: dict[str, int] = {}
         self._was_ready: set[str] = set()  # replicas that have been ready at least once
         self.scaler = None  # set by the autoscaler when the deployment is scaled
@@ -57,9 +58,7 @@ class DeploymentState:
 
     def replica_added(self, name: str, host: str, port: int) -> None:
         self.table.add(Replica(name, host, port))
-        key = f"{host}:{port}"
-        if key not in self.pools:
-            self.pools[key] = UpstreamPool(host, port)
+        self._pools.attach(host, port)
 
     def replica_ready(self, name: str, ready: bool) -> None:
         if name in self.table.replicas:  # a draining replica stays out (SlotTable.drain)
@@ -83,9 +82,7 @@ class DeploymentState:
         self.table.remove(name)
         self._was_ready.discard(name)
         self._connect_failures.pop(name, None)
-        pool = self.pools.pop(replica.address, None)
-        if pool is not None:
-            pool.close()
+        self._pools.detach(replica.address)
 
     # -- used by the proxy ------------------------------------------------------------------
 
@@ -127,21 +124,17 @@ class DeploymentState:
     def scaling_snapshot(self) -> dict | None:
         return self.scaler.snapshot() if self.scaler is not None else None
 
-    def close_pools(self) -> None:
-        for pool in self.pools.values():
-            pool.close()
-
 
 class EndpointState:
     """One endpoint: its key check, traffic split, mirror and deployments."""
 
-    def __init__(self, config: Endpoint) -> None:
+    def __init__(self, config: Endpoint, pools: UpstreamPools) -> None:
         self.name = config.name
         self.config = config
         self.auth_required = config.auth_mode == "key"
         self._authorizations = tuple(b"Bearer " + key.encode() for key in config.accepted_keys)
         self.deployments: dict[bytes, DeploymentState] = {
-            d.name.encode(): DeploymentState(config.name, d) for d in config.deployments
+            d.name.encode(): DeploymentState(config.name, d, pools) for d in config.deployments
         }
         self._by_name = {d.name: d for d in self.deployments.values()}
         self.split = TrafficSplit(dict(config.traffic))
@@ -174,8 +167,9 @@ class Endpoints:
     """Every endpoint by name: the proxy's only lookup table."""
 
     def __init__(self, configs: list[Endpoint]) -> None:
+        self.pools = UpstreamPools()
         self.by_name: dict[bytes, EndpointState] = {
-            c.name.encode(): EndpointState(c) for c in configs
+            c.name.encode(): EndpointState(c, self.pools) for c in configs
         }
 
     def deployments(self) -> Iterator[DeploymentState]:

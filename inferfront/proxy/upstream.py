@@ -166,3 +166,32 @@ class UpstreamPool:
             if conn.transport is not None:
                 conn.transport.close()
         self.idle.clear()
+
+
+class UpstreamPools:
+    """One pool per replica address for the whole process: deployments (and endpoints) that
+    share a replica share its warm connections instead of each opening their own."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, UpstreamPool] = {}
+        self._users: dict[str, int] = {}
+
+    def attach(self, host: str, port: int) -> None:
+        address = f"{host}:{port}"
+        if address not in self.by_address:
+            self.by_address[address] = UpstreamPool(host, port)
+        self._users[address] = self._users.get(address, 0) + 1
+
+    def detach(self, address: str) -> None:
+        users = self._users.get(address, 0) - 1
+        if users > 0:
+            self._users[address] = users
+            return
+        self._users.pop(address, None)
+        pool = self.by_address.pop(address, None)
+        if pool is not None:
+            pool.close()
+
+    def close(self) -> None:
+        for pool in self.by_address.values():
+            pool.close()

@@ -55,8 +55,9 @@ class SlotTable:
         self.limit = limit
         self.max_queued = max_queued
         self.replicas: dict[str, Replica] = {}
-        # _levels[k] holds routable replicas with k requests in flight (k < limit only).
-        self._levels: list[OrderedDict[Replica, None]] = [OrderedDict() for _ in range(limit)]
+        # _levels[k] holds routable replicas with k requests in flight (k < limit only). The
+        # list grows only as far as load reaches: a limit of 1,000 costs nothing until used.
+        self._levels: list[OrderedDict[Replica, None]] = [OrderedDict()]
         self._lowest = 0  # no routable replica with a free slot sits below this level
         self._queue: deque[Waiter] = deque()
         self.queued = 0  # active waiters in _queue (cancelled ones are skipped lazily)
@@ -114,7 +115,7 @@ class SlotTable:
             del self._levels[replica.inflight][replica]
         replica.inflight = inflight
         if replica.routable and inflight < self.limit:
-            self._levels[inflight][replica] = None
+            self._put(replica, inflight)
             self._lowest = min(self._lowest, inflight)
 
     def _set_routable(self, replica: Replica, routable: bool) -> None:
@@ -125,7 +126,7 @@ class SlotTable:
         level = replica.inflight
         if routable:
             if level < self.limit:
-                self._levels[level][replica] = None
+                self._put(replica, level)
                 self._lowest = min(self._lowest, level)
             self._dispatch()
         elif level < self.limit:
@@ -173,7 +174,7 @@ class SlotTable:
         if replica.routable and level <= self.limit:  # above the limit only after a rebuild
             if level < self.limit:
                 del self._levels[level][replica]
-            self._levels[level - 1][replica] = None
+            self._put(replica, level - 1)
             if level - 1 < self._lowest:
                 self._lowest = level - 1
             self._dispatch()
@@ -191,22 +192,27 @@ class SlotTable:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _put(self, replica: Replica, level: int) -> None:
+        levels = self._levels
+        while len(levels) <= level:
+            levels.append(OrderedDict())
+        levels[level][replica] = None
+
     def _take(self) -> Replica | None:
         levels = self._levels
-        limit = self.limit
         level = self._lowest
-        while level < limit:
+        while level < len(levels):
             bucket = levels[level]
             if bucket:
                 replica, _ = bucket.popitem(last=False)
-                if level + 1 < limit:
-                    levels[level + 1][replica] = None
+                if level + 1 < self.limit:
+                    self._put(replica, level + 1)
                 replica.inflight = level + 1
                 self.inflight += 1
                 self._lowest = level
                 return replica
             level += 1
-        self._lowest = limit
+        self._lowest = len(levels)  # nothing free below here; additions lower it again
         return None
 
     def _dispatch(self) -> None:
