@@ -7,8 +7,8 @@ changes. Time comes from an injected clock; the loop is the only place that wait
 Decisions worth knowing:
 - Requests waiting in the router's queue mean capacity is short now: a sample showing any is
   decided on at once rather than at the next polling interval (the policy allows deciding more
-  often; only scale-up reacts sooner, and it still needs demand held for `burst_confirm_s` or a
-  mean over the interval). At zero replicas the proxy also calls `wake()`, so the first request
+  often; only scale-up reacts sooner, and it still needs demand held for `burst_confirm_s`,
+  or the stable window's mean). At zero replicas the proxy also calls `wake()`, so the first request
   does not even wait for the next sample.
 - One `scale_to` runs at a time. A target decided while one runs is remembered and applied as
   soon as it returns, so a quick second decision is never lost or delayed to the next poll.

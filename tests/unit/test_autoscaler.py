@@ -161,8 +161,9 @@ async def test_burst_gets_its_replicas_within_one_polling_interval():
     burst_at = clock.now
     await step_until(scaler, clock, burst_at + 1.0)
 
-    # The queue is seen at the next sample and decided on at once, on the mean over the last
-    # interval (2); once the burst has held for burst_confirm_s (0.3 s) it gets all it needs.
+    # The queue is seen at the next sample and decided on at once: the stable window's mean
+    # over this young autoscaler's first samples asks for 2; once the burst has held for
+    # burst_confirm_s (0.3 s) it gets all it needs.
     assert runtime.counts == [2, 9]  # 9 = ceil(6 / 0.7)
     assert runtime.calls[0][0] == pytest.approx(burst_at + TICK)
     assert runtime.calls[-1][0] <= burst_at + scaler.policy.burst_confirm_s + TICK + 1e-9

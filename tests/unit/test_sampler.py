@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from inferfront.scaling.sampler import Sample, UtilizationWindow, utilization
+from inferfront.scaling.sampler import Sample, UtilizationWindow, nearest_rank, utilization
 
 
 def tick(i: int) -> float:
@@ -75,14 +75,14 @@ def test_samples_after_now_are_ignored():
     assert window.mean_demand(0.2, 1.0) == 1.0
 
 
-def test_bucket_means_newest_first_and_skip_empty_buckets():
+def test_interval_means_newest_first_with_none_for_empty_intervals():
     window = UtilizationWindow(100.0)
     for i in range(1, 31):  # 0.1 .. 3.0
         at = tick(i)
         if 1.0 < at <= 2.0:
             continue  # a sampler stall: the middle second has no samples
         window.add(Sample(at, 5.0 if at > 2.0 else 1.0, 0, 1))
-    assert window.bucket_means(3.0, 3.0, 1.0) == [5.0, 1.0]
+    assert window.interval_means(3.0, 4, 1.0) == [5.0, None, 1.0, None]  # (-1, 0] before any
 
 
 def test_memory_bounded_by_horizon():
@@ -99,8 +99,19 @@ def test_out_of_order_sample_is_rejected():
         window.add(Sample(0.1, 1.0, 0, 1))
 
 
-def test_buckets_are_aligned_on_absolute_time_and_the_oldest_counts_whole():
+def test_interval_means_count_complete_intervals_aligned_on_absolute_time():
     window = filled([1.0] * 10 + [2.0] * 10 + [3.0] * 10)  # (0,1] -> 1, (1,2] -> 2, (2,3] -> 3
-    # (0.5, 2.5] touches (0,1], (1,2] and (2,3]; the first counts whole, the last up to now.
-    assert window.bucket_means(2.5, 2.0, 1.0) == [3.0, 2.0, 1.0]
-    assert window.bucket_means(3.0, 2.0, 1.0) == [3.0, 2.0]
+    # At 2.5 the interval (2, 3] is still filling up: left out, whenever in it one asks.
+    assert window.interval_means(2.5, 2, 1.0) == [2.0, 1.0]
+    assert window.interval_means(2.1, 2, 1.0) == [2.0, 1.0]
+    assert window.interval_means(3.0, 2, 1.0) == [3.0, 2.0]
+
+
+def test_nearest_rank_never_interpolates():
+    values = [float(v) for v in range(1, 61)]  # 1 .. 60
+    assert nearest_rank(values, 0.9) == 54.0
+    assert nearest_rank([0.0, 0.0, 0.0, 8.0], 0.9) == 8.0  # few values: the largest
+    assert nearest_rank([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert nearest_rank([5.0], 1.0) == 5.0
+    with pytest.raises(ValueError):
+        nearest_rank([], 0.9)
