@@ -738,10 +738,10 @@ def setpriv_with_pdeathsig() -> str | None:
     return None
 
 
-def _check_executable(program: str, cwd: Path, env: Mapping[str, str]) -> None:
+def _check_executable(program: str, cwd: Path | None, env: Mapping[str, str]) -> None:
     """Raise what exec would for a program that cannot run (found as execvp looks it up)."""
     if os.sep in program:
-        path = os.path.join(cwd, program)  # an absolute program ignores cwd
+        path = os.path.join(cwd or os.getcwd(), program)  # an absolute program ignores cwd
         if not os.path.exists(path):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
         if os.path.isdir(path) or not os.access(path, os.X_OK):
