@@ -16,6 +16,9 @@ from tests.helpers import (
     wait_until,
 )
 
+# The `router` fixture (a real `inferfront serve` process) for every test module.
+pytest_plugins = ["tests.router"]
+
 __all__ = [
     "REPO_ROOT",
     "ModelServerFactory",

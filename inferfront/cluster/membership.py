@@ -41,6 +41,7 @@ log = logging.getLogger("inferfront.cluster")
 
 DEFAULT_GRACE_S = 1.0
 DEFAULT_TICK_INTERVAL_S = 0.2
+DEFAULT_EXPECT_FOR_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -162,12 +163,17 @@ class Elector:
         clock: Callable[[], float] = time.monotonic,
         grace_s: float = DEFAULT_GRACE_S,
         expected: Iterable[str] = (),
+        expect_for_s: float = DEFAULT_EXPECT_FOR_S,
     ) -> None:
         self.membership = membership
-        # Members known to be on their way (a supervisor's workers): keys they are preferred
-        # for wait `grace_s` for them instead of going to whoever joined first, so roles
-        # spread over instances started together.
+        # Members known to be on their way at start-up (a supervisor's workers): until each has
+        # been seen (at most `expect_for_s`), keys they are preferred for wait `grace_s` for
+        # them instead of going to whoever joined first, so roles spread over instances
+        # started together. After that only live members count: a dead member's keys move
+        # at once.
         self.expected = tuple(expected)
+        self.expect_for_s = expect_for_s
+        self._first_tick: float | None = None
         self.on_gain = on_gain
         self.on_loss = on_loss
         self.clock = clock
@@ -195,9 +201,17 @@ class Elector:
             # between: someone may have taken it and died since. Count the grace period anew.
             self._free_since.clear()
         self._last_tick = now
+        if self._first_tick is None:
+            self._first_tick = now
         members = self.membership.members()
-        live = {member.id for member in members}
-        voters = members + [Member(m, "", 0.0) for m in self.expected if m not in live]
+        voters = members
+        if self.expected:
+            live = {member.id for member in members}
+            missing = [m for m in self.expected if m not in live]
+            if not missing or now - self._first_tick >= self.expect_for_s:
+                self.expected = ()  # everyone came (or the wait is over): start-up is done
+            else:
+                voters = members + [Member(m, "", 0.0) for m in missing]
         for key in self._keys:
             await self._settle(key, now, voters)
 

@@ -501,3 +501,18 @@ async def test_an_expected_member_that_never_comes_loses_its_keys_after_the_grac
     assert cluster.holdings()["a"] == mine("a", "ab")
     await cluster.step(1.1, "tick", "a")
     assert cluster.holdings()["a"] == set(KEYS)
+
+
+async def test_expected_members_count_only_at_start_up() -> None:
+    # Past the start-up period a dead member's keys move at once, even if it was expected.
+    cluster = Cluster("ab")
+    for elector in cluster.electors.values():
+        elector.expected = ("a", "b")
+        elector.expect_for_s = 5.0
+    await cluster.step(0.0, "join", "a")
+    await cluster.step(0.0, "join", "b")
+    await cluster.step(0.0, "tick", "a")
+    await cluster.step(0.0, "tick", "b")
+    await cluster.step(10.0, "die", "b")
+    await cluster.step(10.0, "tick", "a")
+    assert cluster.holdings()["a"] == set(KEYS)
