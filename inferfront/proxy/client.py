@@ -237,12 +237,6 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
 
-    def flush_upstream(self, exchange: Exchange) -> None:
-        exchange.flush_upstream()
-
-    def mirror(self, exchange: Exchange, endpoint) -> None:
-        self.proxy.mirror(exchange, endpoint)
-
     def exchange_done(self, exchange: Exchange, status: int, abort: bool) -> None:
         self.proxy.record(exchange, status)
         if not self.exchanges or self.exchanges[0] is not exchange:

@@ -65,7 +65,6 @@ class Exchange:
         "close_after",
         "connection_tokens",
         "content_length",
-        "deadline",
         "decided_by",
         "deployment",
         "endpoint",
@@ -293,7 +292,7 @@ class Exchange:
         loop = client.loop
         self.timer = loop.call_later(deployment.timeout_s, self._on_deadline)
         if self.pin is None and endpoint.mirror is not None:
-            client.mirror(self, endpoint)
+            client.proxy.mirror(self, endpoint)
             self._send_mirror()  # the body may be complete already
         replica = deployment.slots.try_acquire()
         if replica is not None:
@@ -359,7 +358,7 @@ class Exchange:
             self.queue_timer = None
         self.t_granted = perf_counter()
         self._use(replica)
-        self.client.flush_upstream(self)
+        self.flush_upstream()
 
     def _use(self, replica: Replica) -> None:
         self.replica = replica
@@ -389,7 +388,7 @@ class Exchange:
             return
         self.deployment.connect_succeeded(self.replica)  # type: ignore[union-attr, arg-type]
         self._attach(conn)
-        self.client.flush_upstream(self)
+        self.flush_upstream()
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.state = UPSTREAM
