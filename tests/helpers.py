@@ -1,4 +1,5 @@
-"""Helpers shared by the test suites: ports, polling with deadlines, model server processes.
+"""Helpers shared by the test suites: ports, polling with deadlines, model server processes,
+stand-in replicas served from a thread, replica timelines and raw HTTP response collection.
 
 Import from here (`from tests.helpers import wait_until`); `tests/conftest.py` re-exports them and
 provides the `model_server` fixture built on `start_model_server`.
@@ -14,8 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -239,3 +243,142 @@ def start_model_server(
 ) -> ModelServerHandle:
     """Launch one model server on a free port and wait for its READY line. Caller must stop it."""
     return start_model_servers([name], extra_args, ready_timeout)[0]
+
+
+def stop_servers(servers: Iterable[ModelServerHandle]) -> None:
+    """SIGTERM every model server first, then wait for each: they exit in parallel."""
+    servers = list(servers)
+    for server in servers:
+        if server.is_alive():
+            server.process.terminate()
+    for server in servers:
+        server.stop()
+
+
+# -- stand-in replicas in a thread ------------------------------------------------------------
+
+
+class ThreadedReplica:
+    """A replica served from a thread of the test process on a real loopback socket.
+
+    It passes the router's readiness probe (`GET /` answers 200 `Healthy`); every other request
+    is counted in `received` and then given to `handle`, where a subclass puts its one behaviour.
+    `close()` stops the server.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        handler = type("Handler", (_ThreadedReplicaHandler,), {"replica": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        """Deal with one request other than the readiness probe (runs in the server's thread)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _ThreadedReplicaHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    replica: ThreadedReplica  # set on the handler class made for each replica
+
+    def do_GET(self) -> None:
+        if self.path == "/":  # the readiness probe
+            self.send_response(200)
+            self.send_header("Content-Length", "7")
+            self.end_headers()
+            self.wfile.write(b"Healthy")
+        else:
+            self._hand_over()
+
+    def do_POST(self) -> None:
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        self.replica.received += 1
+        self.replica.handle(self)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep the test output clean
+
+
+# -- replica timelines ------------------------------------------------------------------------
+
+
+def underused_spans(
+    timeline: list[list[float]], limit: int, start: float, end: float
+) -> list[tuple[float, float]]:
+    """Spans within [start, end] in which a replica had fewer than `limit` requests in flight."""
+    events = sorted(
+        [(s, 1) for s, _ in timeline] + [(e, -1) for _, e in timeline],
+        key=lambda event: (event[0], -event[1]),
+    )
+    spans: list[tuple[float, float]] = []
+    inflight = 0
+    below_since: float | None = start
+    for moment, change in events:
+        if moment > end:
+            break
+        inflight += change
+        if inflight < limit and below_since is None:
+            below_since = max(moment, start)
+        elif inflight >= limit and below_since is not None:
+            if moment > below_since:
+                spans.append((below_since, moment))
+            below_since = None
+    if below_since is not None and below_since < end:
+        spans.append((below_since, end))
+    return spans
+
+
+def peak_concurrency(timeline: list[list[float]]) -> int:
+    """The most requests a replica held at once, from its own [start, end] timeline."""
+    events = sorted(
+        [(s, 1) for s, _ in timeline] + [(e, -1) for _, e in timeline],
+        key=lambda event: (event[0], event[1]),  # an end before a start at the same instant
+    )
+    peak = current = 0
+    for _, change in events:
+        current += change
+        peak = max(peak, current)
+    return peak
+
+
+# -- raw HTTP responses -----------------------------------------------------------------------
+
+
+@dataclass
+class RawResponse:
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    complete: bool = False
+
+
+class ResponseCollector:
+    """httptools (llhttp) parser callbacks that collect every response read, in order.
+
+    The status is the caller's to fill in (`parser.get_status_code()`): the callbacks do not
+    see the parser.
+    """
+
+    def __init__(self) -> None:
+        self.responses: list[RawResponse] = []
+
+    def on_message_begin(self) -> None:
+        self.responses.append(RawResponse())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.responses[-1].headers[name.decode().lower()] = value.decode()
+
+    def on_body(self, body: bytes) -> None:
+        self.responses[-1].body += body
+
+    def on_message_complete(self) -> None:
+        self.responses[-1].complete = True

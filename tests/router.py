@@ -134,6 +134,7 @@ class RouterFactory:
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[RouterFactory]:
+    """`router(config)` starts `inferfront serve` with that configuration; all stop at the end."""
     factory = RouterFactory(tmp_path)
     try:
         yield factory

@@ -53,8 +53,12 @@ def azureml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterHandle]:
     factory = RouterFactory(tmp_path_factory.mktemp("azureml"))
     try:
         handle = factory(example_config())
-        wait_until(lambda: scaling(handle)["ready"] >= 1, timeout=START_WAIT, interval=0.1,
-                   message="the first azmlinfsrv replica answers GET / (init() done)")
+        wait_until(
+            lambda: scaling(handle)["ready"] >= 1,
+            timeout=START_WAIT,
+            interval=0.1,
+            message="the first azmlinfsrv replica answers GET / (init() done)",
+        )
         yield handle
     finally:
         factory.stop_all()
@@ -137,11 +141,19 @@ def test_slow_run_under_concurrent_load_adds_replicas(
     load = SlowClients(azureml.url, clients=4, sleep_ms=300)
     started = time.monotonic()
     try:
-        wait_until(lambda: scaling(azureml)["current"] == 3, timeout=10.0, interval=0.05,
-                   message="the autoscaler asks for 3 replicas")
+        wait_until(
+            lambda: scaling(azureml)["current"] == 3,
+            timeout=10.0,
+            interval=0.05,
+            message="the autoscaler asks for 3 replicas",
+        )
         asked = time.monotonic() - started
-        wait_until(lambda: scaling(azureml)["ready"] == 3, timeout=START_WAIT, interval=0.1,
-                   message="3 azmlinfsrv replicas ready")
+        wait_until(
+            lambda: scaling(azureml)["ready"] == 3,
+            timeout=START_WAIT,
+            interval=0.1,
+            message="3 azmlinfsrv replicas ready",
+        )
         ready = time.monotonic() - started
     finally:
         statuses = load.stop()

@@ -43,9 +43,7 @@ def test_check_names_file_place_and_fix(tmp_path: Path) -> None:
     )
     result = inferfront("check", "-c", str(bad))
     assert result.returncode == 1
-    assert (
-        f"{bad}: endpoints[0].deployments[0].request_settings.request_timout_ms" in result.stderr
-    )
+    assert f"{bad}: endpoints[0].deployments[0].request_settings.request_timout_ms" in result.stderr
     assert "did you mean 'request_timeout_ms'" in result.stderr
 
 

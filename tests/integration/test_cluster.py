@@ -31,11 +31,9 @@ from tests.cluster import (
     cluster_config,
     cluster_factory,
     longest_gap,
-    peak_concurrency,
-    underused_spans,
 )
 from tests.conftest import ModelServerFactory
-from tests.helpers import ModelServerHandle, async_wait_until
+from tests.helpers import ModelServerHandle, async_wait_until, peak_concurrency, underused_spans
 
 TAKEOVER_BUDGET_S = 2.0
 RELEASE_BUDGET_S = 2.0
@@ -71,6 +69,30 @@ def report(title: str, **numbers: Any) -> None:
     print(f"\n[cluster] {title}: {shown}")
 
 
+async def start_cluster(
+    inferfront_cluster: ClusterFactory,
+    replicas: list[ModelServerHandle],
+    limit: int = 1,
+    share_port: bool = False,
+) -> tuple[Cluster, ClusterInstance]:
+    """Three instances in front of `replicas`, once they all agree on the coordinator (returned
+    with the cluster)."""
+    cluster = await asyncio.to_thread(
+        inferfront_cluster, cluster_config(replica_urls(replicas), limit=limit), 3, share_port
+    )
+    return cluster, await asyncio.to_thread(cluster.coordinator_of)
+
+
+async def wait_both_busy(replicas: list[ModelServerHandle]) -> None:
+    """Wait until each of the (two) replicas holds one request."""
+
+    async def both_busy() -> bool:
+        stats = [await r.astats(history=False) for r in replicas]
+        return all(s["inflight"] == 1 for s in stats)
+
+    await async_wait_until(both_busy, timeout=5.0, interval=0.01)
+
+
 async def wait_access_log(instance: ClusterInstance, count: int) -> list[dict[str, Any]]:
     """The access log is flushed every 100 ms: wait for `count` lines."""
     return await async_wait_until(
@@ -92,10 +114,7 @@ async def test_300_clients_over_3_instances_never_exceed_the_limit(
     inferfront_cluster: ClusterFactory, model_server: ModelServerFactory, limit: int
 ) -> None:
     replicas = model_server.many(["r0", "r1", "r2"])
-    cluster = await asyncio.to_thread(
-        inferfront_cluster, cluster_config(replica_urls(replicas), limit=limit)
-    )
-    coordinator = await asyncio.to_thread(cluster.coordinator_of)
+    cluster, coordinator = await start_cluster(inferfront_cluster, replicas, limit=limit)
 
     started = time.monotonic()
     outcomes = await burst(targets(cluster), CLIENTS, PER_CLIENT, f"&delay_ms={LOAD_DELAY_MS}")
@@ -133,10 +152,7 @@ async def test_no_replica_idles_while_a_request_waits_anywhere(
     inferfront_cluster: ClusterFactory, model_server: ModelServerFactory
 ) -> None:
     replicas = model_server.many(["r0", "r1"])
-    cluster = await asyncio.to_thread(
-        inferfront_cluster, cluster_config(replica_urls(replicas), limit=1)
-    )
-    coordinator = await asyncio.to_thread(cluster.coordinator_of)
+    cluster, coordinator = await start_cluster(inferfront_cluster, replicas, limit=1)
     slots = len(replicas)
 
     sent: Counter[str] = Counter()
@@ -192,10 +208,7 @@ async def test_instances_agree_and_log_who_decided(
     inferfront_cluster: ClusterFactory, model_server: ModelServerFactory
 ) -> None:
     replicas = model_server.many(["r0", "r1"])
-    cluster = await asyncio.to_thread(
-        inferfront_cluster, cluster_config(replica_urls(replicas), limit=1)
-    )
-    coordinator = await asyncio.to_thread(cluster.wait_agreement)
+    cluster, coordinator = await start_cluster(inferfront_cluster, replicas, limit=1)
     views = await asyncio.gather(*(asyncio.to_thread(i.cluster_view) for i in cluster.instances))
     ids = sorted(i.instance_id for i in cluster.instances)
     for instance, view in zip(cluster.instances, views, strict=True):
@@ -229,10 +242,7 @@ async def test_instances_can_share_one_request_port(
     inferfront_cluster: ClusterFactory, model_server: ModelServerFactory
 ) -> None:
     replicas = model_server.many(["r0", "r1"])
-    cluster = await asyncio.to_thread(
-        inferfront_cluster, cluster_config(replica_urls(replicas), limit=1), 3, True
-    )
-    await asyncio.to_thread(cluster.wait_agreement)
+    cluster, _ = await start_cluster(inferfront_cluster, replicas, limit=1, share_port=True)
     port = cluster.instances[0].port
     # 60 connections: the kernel spreads them over the listeners by their addresses.
     outcomes = await burst([("shared", port)], 60, 2, "&delay_ms=2")
@@ -281,10 +291,7 @@ async def test_a_dead_replica_is_avoided_through_every_instance(
     # One instance alone retries on the other replica and unroutes the dead one at once (no
     # failure). Through instances that do not coordinate, the same must hold.
     replicas = model_server.many(["r0", "r1"])
-    cluster = await asyncio.to_thread(
-        inferfront_cluster, cluster_config(replica_urls(replicas), limit=2)
-    )
-    coordinator = await asyncio.to_thread(cluster.coordinator_of)
+    cluster, coordinator = await start_cluster(inferfront_cluster, replicas, limit=2)
     replicas[1].kill()
     front_ends = [i for i in cluster.instances if i is not coordinator]
     outcomes = await burst([(i.instance_id, i.port) for i in front_ends], 4, 10, "&delay_ms=5")
@@ -304,20 +311,12 @@ async def test_takeover_counts_requests_in_flight_at_the_survivors(
     # b holds both slots with long requests, c's requests wait; the coordinator dies. The new
     # coordinator must count b's slots (its own or from b's HELLO) and serve c only as they end.
     replicas = model_server.many(["r0", "r1"])
-    cluster = await asyncio.to_thread(
-        inferfront_cluster, cluster_config(replica_urls(replicas), limit=1)
-    )
-    coordinator = await asyncio.to_thread(cluster.coordinator_of)
+    cluster, coordinator = await start_cluster(inferfront_cluster, replicas, limit=1)
     b, c = (i for i in cluster.instances if i is not coordinator)
     long_job = asyncio.ensure_future(
         burst([(b.instance_id, b.port)], 2, 1, f"&delay_ms={LONG_DELAY_MS}")
     )
-
-    async def both_busy() -> bool:
-        stats = [await r.astats(history=False) for r in replicas]
-        return all(s["inflight"] == 1 for s in stats)
-
-    await async_wait_until(both_busy, timeout=5.0, interval=0.01)
+    await wait_both_busy(replicas)
     short_job = asyncio.ensure_future(burst([(c.instance_id, c.port)], 4, 1, "&delay_ms=10"))
 
     async def c_waits() -> bool:
@@ -353,21 +352,14 @@ async def test_requests_ending_on_the_new_coordinator_during_its_rebuild(
     # p will take over (the rendezvous choice between p and q); q is stopped (SIGSTOP), so
     # p's rebuild waits for q's report while p's own long requests end.
     replicas = model_server.many(["r0", "r1"])
-    cluster = await asyncio.to_thread(
-        inferfront_cluster, cluster_config(replica_urls(replicas), limit=1)
-    )
-    coordinator = await asyncio.to_thread(cluster.coordinator_of)
+    cluster, coordinator = await start_cluster(inferfront_cluster, replicas, limit=1)
     others = [i for i in cluster.instances if i is not coordinator]
     chosen = preferred(KEY, [Member(i.instance_id, "", 0.0) for i in others])
     assert chosen is not None
     p = cluster.by_id(chosen.id)
     q = next(i for i in others if i is not p)
     long_job = asyncio.ensure_future(burst([(p.instance_id, p.port)], 2, 1, "&delay_ms=400"))
-
-    async def both_busy() -> bool:
-        return all([(await r.astats(history=False))["inflight"] == 1 for r in replicas])
-
-    await async_wait_until(both_busy, timeout=5.0, interval=0.01)
+    await wait_both_busy(replicas)
     q.process.send_signal(signal.SIGSTOP)
     try:
         coordinator.kill()
@@ -473,10 +465,7 @@ async def test_chaos_coordinator_and_front_end_killed_then_restarted(
     inferfront_cluster: ClusterFactory, model_server: ModelServerFactory
 ) -> None:
     replicas = model_server.many(["r0", "r1"])
-    cluster = await asyncio.to_thread(
-        inferfront_cluster, cluster_config(replica_urls(replicas), limit=CHAOS_LIMIT)
-    )
-    first = await asyncio.to_thread(cluster.coordinator_of)
+    cluster, first = await start_cluster(inferfront_cluster, replicas, limit=CHAOS_LIMIT)
     deadline = time.monotonic() + 60
     query = f"&delay_ms={CHAOS_DELAY_MS}"
     loops = {

@@ -43,7 +43,7 @@ from tests.integration.http_corpus import (
     cl,
     request,
 )
-from tests.router import RouterFactory, RouterHandle, endpoint_config, router  # noqa: F401
+from tests.router import RouterFactory, RouterHandle, endpoint_config
 
 READ_TIMEOUT = 2.0  # the longest wait for an answer, or for a connection that must close
 GUID = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

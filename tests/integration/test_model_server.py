@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 
 import httptools
 import httpx
@@ -21,6 +20,8 @@ from tests.conftest import ModelServerFactory
 from tests.helpers import (
     REPO_ROOT,
     ModelServerHandle,
+    RawResponse,
+    ResponseCollector,
     async_wait_until,
     free_port,
     wait_until,
@@ -30,36 +31,9 @@ from tests.servers.model_server import download_body
 SOCKET_TIMEOUT = 10.0
 
 
-@dataclass
-class RawResponse:
-    status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    complete: bool = False
-
-
-class _ResponseCollector:
-    """httptools callbacks that collect every response read from a raw socket."""
-
-    def __init__(self) -> None:
-        self.responses: list[RawResponse] = []
-
-    def on_message_begin(self) -> None:
-        self.responses.append(RawResponse())
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.responses[-1].headers[name.decode().lower()] = value.decode()
-
-    def on_body(self, body: bytes) -> None:
-        self.responses[-1].body += body
-
-    def on_message_complete(self) -> None:
-        self.responses[-1].complete = True
-
-
 def read_responses(sock: socket.socket, count: int) -> list[RawResponse]:
     """Read until `count` complete responses arrived or the server closed the connection."""
-    collector = _ResponseCollector()
+    collector = ResponseCollector()
     parser = httptools.HttpResponseParser(collector)
     while sum(response.complete for response in collector.responses) < count:
         data = sock.recv(65536)

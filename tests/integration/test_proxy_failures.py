@@ -14,8 +14,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ModelServerHandle, start_model_servers, wait_until
-from tests.router import RouterFactory, RouterHandle, endpoint_config, router  # noqa: F401
+from tests.helpers import (
+    ModelServerHandle,
+    ThreadedReplica,
+    start_model_servers,
+    stop_servers,
+    wait_until,
+)
+from tests.router import RouterFactory, RouterHandle
 
 HTTP_TIMEOUT = 10.0
 DEPLOYMENT = "blue"
@@ -33,54 +39,22 @@ REPLAY_BUFFER = 65536  # the router's default replay_buffer_bytes
 VICTIM_TIMEOUT_MS = 2000
 
 
-class ClosingReplica:
+class ClosingReplica(ThreadedReplica):
     """A replica that passes its readiness probe and closes every other request's connection
     after reading the request, without a byte of answer. Runs in a thread on a real socket."""
 
-    def __init__(self) -> None:
-        self.received = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                if self.path == "/":
-                    self.send_response(200)
-                    self.send_header("Content-Length", "7")
-                    self.end_headers()
-                    self.wfile.write(b"Healthy")
-                else:
-                    self._close_without_answer()
-
-            def do_POST(self) -> None:
-                self._close_without_answer()
-
-            def _close_without_answer(self) -> None:
-                owner.received += 1
-                # Read the whole body first: closing with unread input would send a reset.
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                self.close_connection = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep the test output clean
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        # Read the whole body first: closing with unread input would send a reset.
+        request.rfile.read(int(request.headers.get("Content-Length", "0")))
+        request.close_connection = True
 
 
 class DyingReplica:
     """A replica that dies on its first scoring request, the way `mode=exit` does, but in a
     fixed order: it stops listening, then drops the request's connection unanswered. So the
     router's retry is refused for certain (a dying process closes both at about the same
-    time, and a retry may slip in before its listener is gone)."""
+    time, and a retry may slip in before its listener is gone). A raw listener rather than a
+    ThreadedReplica, since only a raw listener can be closed before the connection is."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -101,8 +75,10 @@ class DyingReplica:
                     while b"\r\n\r\n" not in head and (piece := conn.recv(65536)):
                         head += piece
                     if head.startswith(b"GET / "):  # the readiness probe
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n"
-                                     b"Connection: close\r\n\r\nHealthy")
+                        conn.sendall(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n"
+                            b"Connection: close\r\n\r\nHealthy"
+                        )
                         continue
                     self.listener.close()
                     self.died.set()
@@ -129,8 +105,13 @@ SCENARIOS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 
 
 class Cluster:
-    def __init__(self, handle: RouterHandle, servers: dict[str, ModelServerHandle],
-                 closer: ClosingReplica, dying: DyingReplica) -> None:
+    def __init__(
+        self,
+        handle: RouterHandle,
+        servers: dict[str, ModelServerHandle],
+        closer: ClosingReplica,
+        dying: DyingReplica,
+    ) -> None:
         self.router = handle
         self.servers = servers
         self.closer = closer
@@ -148,8 +129,10 @@ class Cluster:
     def retries(self, endpoint: str) -> float:
         for family in text_string_to_metric_families(self.router.metrics()):
             for sample in family.samples:
-                if (sample.name == "inferfront_retries_total"
-                        and sample.labels["endpoint"] == endpoint):
+                if (
+                    sample.name == "inferfront_retries_total"
+                    and sample.labels["endpoint"] == endpoint
+                ):
                     return sample.value
         raise KeyError(endpoint)
 
@@ -161,16 +144,6 @@ def _endpoint(name: str, urls: list[str], settings: dict[str, Any]) -> dict[str,
         "traffic": {DEPLOYMENT: 100},
         "deployments": [{"name": DEPLOYMENT, "urls": urls, "request_settings": settings}],
     }
-
-
-def stop_servers(servers: Iterable[ModelServerHandle]) -> None:
-    """SIGTERM every model server first, then wait for each: they exit in parallel."""
-    servers = list(servers)
-    for server in servers:
-        if server.is_alive():
-            server.process.terminate()
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +219,11 @@ def assert_router_error(response: httpx.Response, status: int, code: str) -> Non
 
 def access_log_line(cluster: Cluster, request_id: str) -> dict[str, Any]:
     def find() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in list(cluster.router.stdout)
-                if line.startswith("{") and request_id in line]
+        return [
+            json.loads(line)
+            for line in list(cluster.router.stdout)
+            if line.startswith("{") and request_id in line
+        ]
 
     (line,) = wait_until(find, message=f"access log line for {request_id}")
     return line
@@ -342,10 +318,13 @@ def test_refused_replica_is_taken_out_of_routing_until_it_is_back(
     # A replica listening on that port again is found by the router's probe and routed to.
     (back,) = start_model_servers(["p1-back"], extra_args=["--port", str(dead.port)])
     try:
-        wait_until(lambda: cluster.replica_states("pair")[dead_address] == "ready",
-                   message="the router's probe finds the replica back")
-        answered_by = {client.post(cluster.url("pair"), content=b"{}").json()["replica"]
-                       for _ in range(4)}
+        wait_until(
+            lambda: cluster.replica_states("pair")[dead_address] == "ready",
+            message="the router's probe finds the replica back",
+        )
+        answered_by = {
+            client.post(cluster.url("pair"), content=b"{}").json()["replica"] for _ in range(4)
+        }
         assert answered_by == {"p0", "p1-back"}
         assert alive.is_alive()
     finally:
@@ -357,14 +336,15 @@ def test_refused_replica_is_taken_out_of_routing_until_it_is_back(
 # ==========================================================================================
 
 
-def test_crash_mid_answer_cuts_the_client_response(
-    cluster: Cluster, client: httpx.Client
-) -> None:
+def test_crash_mid_answer_cuts_the_client_response(cluster: Cluster, client: httpx.Client) -> None:
     server = cluster.servers["x0"]
     request_id = str(uuid.uuid4())
     with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-        client.post(cluster.url("crash", "?mode=crash_mid"), content=b"{}",
-                    headers={"x-request-id": request_id})
+        client.post(
+            cluster.url("crash", "?mode=crash_mid"),
+            content=b"{}",
+            headers={"x-request-id": request_id},
+        )
     assert access_log_line(cluster, request_id)["status"] == 502
     # Nothing is left hanging: the slot is back and the next request is served.
     wait_until(lambda: cluster.deployment("crash")["inflight"] == 0)
@@ -393,8 +373,7 @@ def test_close_before_answer_with_a_body_too_large_to_replay_is_502(
 ) -> None:
     body = b"y" * (REPLAY_BUFFER * 3)
     before = cluster.closer.received
-    statuses = sorted(client.post(cluster.url("flaky"), content=body).status_code
-                      for _ in range(2))
+    statuses = sorted(client.post(cluster.url("flaky"), content=body).status_code for _ in range(2))
     assert statuses == [200, 502]  # the one sent to the closing replica could not be replayed
     assert cluster.closer.received == before + 1
 

@@ -12,7 +12,7 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ModelServerHandle, async_wait_until, start_model_servers, wait_until
-from tests.router import RouterFactory, RouterHandle, endpoint_config, router  # noqa: F401
+from tests.helpers import (
+    ModelServerHandle,
+    async_wait_until,
+    start_model_servers,
+    stop_servers,
+    underused_spans,
+    wait_until,
+)
+from tests.router import RouterFactory, RouterHandle
 
 HTTP_TIMEOUT = 30.0
 CROWD = 200
@@ -43,32 +50,60 @@ def _endpoint(name: str, servers: list[str], **settings: Any) -> dict[str, Any]:
 
 # Scenario endpoint -> (model servers, request settings).
 SCENARIOS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "crowd": (("c0", "c1", "c2"), {
-        "max_concurrent_requests_per_instance": LIMIT, "max_queued_requests": CROWD,
-        "max_queue_wait_ms": 60_000, "request_timeout_ms": 60_000,
-    }),
-    "steady": (("c0", "c1", "c2"), {
-        "max_concurrent_requests_per_instance": LIMIT, "max_queued_requests": CROWD,
-        "max_queue_wait_ms": 60_000, "request_timeout_ms": 60_000,
-    }),
+    "crowd": (
+        ("c0", "c1", "c2"),
+        {
+            "max_concurrent_requests_per_instance": LIMIT,
+            "max_queued_requests": CROWD,
+            "max_queue_wait_ms": 60_000,
+            "request_timeout_ms": 60_000,
+        },
+    ),
+    "steady": (
+        ("c0", "c1", "c2"),
+        {
+            "max_concurrent_requests_per_instance": LIMIT,
+            "max_queued_requests": CROWD,
+            "max_queue_wait_ms": 60_000,
+            "request_timeout_ms": 60_000,
+        },
+    ),
     # Azure's default queue bound: 2 * 1 per replica * 1 replica.
     "full": (("f0",), {"max_queue_wait_ms": 20_000, "request_timeout_ms": 20_000}),
     "qwait": (("w0",), {"max_queue_wait_ms": 300, "request_timeout_ms": 20_000}),
     "hang": (("h0",), {"request_timeout_ms": 500}),
     "total": (("t0",), {"max_queue_wait_ms": 20_000, "request_timeout_ms": 1500}),
     # One endpoint per way of leaving, so a slot a bug leaks stays with its own test.
-    "leave-queue-close": (("lqc0",), {
-        "max_queued_requests": 1, "max_queue_wait_ms": 20_000, "request_timeout_ms": 20_000,
-    }),
-    "leave-queue-reset": (("lqr0",), {
-        "max_queued_requests": 1, "max_queue_wait_ms": 20_000, "request_timeout_ms": 20_000,
-    }),
-    "leave-replica-close": (("lrc0",), {
-        "max_queue_wait_ms": 20_000, "request_timeout_ms": 60_000,
-    }),
-    "leave-replica-reset": (("lrr0",), {
-        "max_queue_wait_ms": 20_000, "request_timeout_ms": 60_000,
-    }),
+    "leave-queue-close": (
+        ("lqc0",),
+        {
+            "max_queued_requests": 1,
+            "max_queue_wait_ms": 20_000,
+            "request_timeout_ms": 20_000,
+        },
+    ),
+    "leave-queue-reset": (
+        ("lqr0",),
+        {
+            "max_queued_requests": 1,
+            "max_queue_wait_ms": 20_000,
+            "request_timeout_ms": 20_000,
+        },
+    ),
+    "leave-replica-close": (
+        ("lrc0",),
+        {
+            "max_queue_wait_ms": 20_000,
+            "request_timeout_ms": 60_000,
+        },
+    ),
+    "leave-replica-reset": (
+        ("lrr0",),
+        {
+            "max_queue_wait_ms": 20_000,
+            "request_timeout_ms": 60_000,
+        },
+    ),
     "observed": (("o0",), {"max_queue_wait_ms": 20_000, "request_timeout_ms": 20_000}),
 }
 
@@ -93,16 +128,6 @@ class Cluster:
         path = f"/api/v1/endpoint/{endpoint}/score{query}"
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
         return sock
-
-
-def stop_servers(servers: Iterable[ModelServerHandle]) -> None:
-    """SIGTERM every model server first, then wait for each: they exit in parallel."""
-    servers = list(servers)
-    for server in servers:
-        if server.is_alive():
-            server.process.terminate()
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +178,18 @@ async def wait_for_table(
     )
 
 
+async def occupy_the_slot(
+    cluster: Cluster, client: httpx.AsyncClient, endpoint: str, delay_ms: int
+) -> asyncio.Future[httpx.Response]:
+    """Send a request that takes `delay_ms` and return once it holds `endpoint`'s one slot (and
+    nothing waits); the future answers it."""
+    running = asyncio.ensure_future(
+        client.post(cluster.url(endpoint, f"?delay_ms={delay_ms}"), content=b"{}")
+    )
+    await wait_for_table(cluster, endpoint, 1, 0)
+    return running
+
+
 def assert_router_error(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -165,8 +202,13 @@ def metric_samples(text: str, name: str, endpoint: str) -> dict[tuple[tuple[str,
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and sample.labels.get("endpoint") == endpoint:
-                others = tuple(sorted((k, v) for k, v in sample.labels.items()
-                                      if k not in ("endpoint", "deployment")))
+                others = tuple(
+                    sorted(
+                        (k, v)
+                        for k, v in sample.labels.items()
+                        if k not in ("endpoint", "deployment")
+                    )
+                )
                 samples[others] = sample.value
     return samples
 
@@ -182,10 +224,12 @@ async def test_limit_per_replica_holds_under_200_concurrent_clients(
     servers = [cluster.servers[name] for name in SCENARIOS["crowd"][0]]
     for server in servers:
         server.reset()
-    responses = await asyncio.gather(*(
-        client.post(cluster.url("crowd", f"?delay_ms={CROWD_DELAY_MS}&i={i}"), content=b"{}")
-        for i in range(CROWD)
-    ))
+    responses = await asyncio.gather(
+        *(
+            client.post(cluster.url("crowd", f"?delay_ms={CROWD_DELAY_MS}&i={i}"), content=b"{}")
+            for i in range(CROWD)
+        )
+    )
     assert [r.status_code for r in responses] == [200] * CROWD
     stats = [server.stats(history=False) for server in servers]
     assert [s["peak_inflight"] for s in stats] == [LIMIT] * len(servers), stats
@@ -193,30 +237,6 @@ async def test_limit_per_replica_holds_under_200_concurrent_clients(
     document = await admin(cluster, "crowd")
     assert (document["inflight"], document["queue_length"]) == (0, 0)
     assert document["responses"] == {"200": CROWD}
-
-
-def underused_spans(
-    timeline: list[list[float]], limit: int, start: float, end: float
-) -> list[tuple[float, float]]:
-    """Spans within [start, end] where the replica had fewer than `limit` requests in flight."""
-    events = sorted([(s, 1) for s, _ in timeline] + [(e, -1) for _, e in timeline],
-                    key=lambda event: (event[0], -event[1]))
-    spans = []
-    inflight = 0
-    below_since: float | None = start
-    for moment, change in events:
-        if moment > end:
-            break
-        inflight += change
-        if inflight < limit and below_since is None:
-            below_since = max(moment, start)
-        elif inflight >= limit and below_since is not None:
-            if moment > below_since:
-                spans.append((below_since, moment))
-            below_since = None
-    if below_since is not None and below_since < end:
-        spans.append((below_since, end))
-    return spans
 
 
 def read_status_until_close(sock: socket.socket) -> int:
@@ -274,10 +294,10 @@ async def test_429_at_once_when_the_queue_is_full(
     cluster: Cluster, client: httpx.AsyncClient
 ) -> None:
     server = cluster.server("full")
-    first = asyncio.ensure_future(client.post(cluster.url("full", "?delay_ms=2000"), content=b"{}"))
-    await wait_for_table(cluster, "full", 1, 0)
-    queued = [asyncio.ensure_future(client.post(cluster.url("full"), content=b"{}"))
-              for _ in range(2)]
+    first = await occupy_the_slot(cluster, client, "full", 2000)
+    queued = [
+        asyncio.ensure_future(client.post(cluster.url("full"), content=b"{}")) for _ in range(2)
+    ]
     await wait_for_table(cluster, "full", 1, 2)
     rejected = await client.post(cluster.url("full"), content=b"{}")
     assert_router_error(rejected, 429, "TooManyRequests")
@@ -291,10 +311,7 @@ async def test_429_at_once_when_the_queue_is_full(
 async def test_503_when_the_queue_wait_passes_max_queue_wait_ms(
     cluster: Cluster, client: httpx.AsyncClient
 ) -> None:
-    first = asyncio.ensure_future(
-        client.post(cluster.url("qwait", "?delay_ms=1500"), content=b"{}")
-    )
-    await wait_for_table(cluster, "qwait", 1, 0)
+    first = await occupy_the_slot(cluster, client, "qwait", 1500)
     started = time.monotonic()
     waited = await client.post(cluster.url("qwait"), content=b"{}")
     assert_router_error(waited, 503, "ServiceUnavailable")
@@ -321,10 +338,7 @@ async def test_504_counts_the_queue_wait(cluster: Cluster, client: httpx.AsyncCl
     # the moment the slot was granted would let it finish (1 < 1.5).
     server = cluster.server("total")
     server.reset()
-    first = asyncio.ensure_future(
-        client.post(cluster.url("total", "?delay_ms=1000"), content=b"{}")
-    )
-    await wait_for_table(cluster, "total", 1, 0)
+    first = await occupy_the_slot(cluster, client, "total", 1000)
     second = await client.post(cluster.url("total", "?delay_ms=1000"), content=b"{}")
     assert_router_error(second, 504, "GatewayTimeout")
     assert (await first).status_code == 200
@@ -381,9 +395,7 @@ async def test_client_leaving_during_its_request_frees_the_slot(
     leaving = cluster.raw_request(endpoint, "?delay_ms=30000")
     await wait_for_table(cluster, endpoint, 1, 0)
     wait_until(lambda: server.stats(history=False)["inflight"] == 1)
-    waiting = asyncio.ensure_future(
-        client.post(cluster.url(endpoint), content=b"{}", timeout=3.0)
-    )
+    waiting = asyncio.ensure_future(client.post(cluster.url(endpoint), content=b"{}", timeout=3.0))
     await wait_for_table(cluster, endpoint, 1, 1)
     leave(leaving, how)
     # Served long before the leaver's 30 s would have ended, because its slot came back.
@@ -401,10 +413,7 @@ async def test_client_leaving_during_its_request_frees_the_slot(
 async def test_metrics_and_admin_show_queue_inflight_and_codes(
     cluster: Cluster, client: httpx.AsyncClient
 ) -> None:
-    running = asyncio.ensure_future(
-        client.post(cluster.url("observed", "?delay_ms=1500"), content=b"{}")
-    )
-    await wait_for_table(cluster, "observed", 1, 0)
+    running = await occupy_the_slot(cluster, client, "observed", 1500)
     waiting = asyncio.ensure_future(client.post(cluster.url("observed"), content=b"{}"))
     await wait_for_table(cluster, "observed", 1, 1)
 

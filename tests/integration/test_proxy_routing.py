@@ -12,8 +12,8 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,14 @@ import httptools
 import httpx
 import pytest
 
-from tests.helpers import ModelServerHandle, start_model_servers, wait_until
-from tests.router import RouterFactory, RouterHandle, endpoint_config, router  # noqa: F401
+from tests.helpers import (
+    ModelServerHandle,
+    ThreadedReplica,
+    start_model_servers,
+    stop_servers,
+    wait_until,
+)
+from tests.router import RouterFactory, RouterHandle
 
 HTTP_TIMEOUT = 10.0
 NO_ROUTE = (
@@ -37,7 +43,7 @@ MIRROR_PERCENT = 20
 MIRROR_REQUESTS = 200
 
 
-class HangingReplica:
+class HangingReplica(ThreadedReplica):
     """A replica that passes its readiness probe (`GET /`) and never answers anything else.
 
     Runs in a thread of the test process on a real loopback socket; `received` counts the
@@ -45,53 +51,24 @@ class HangingReplica:
     """
 
     def __init__(self) -> None:
-        release = self.release = threading.Event()
-        self.received = 0
-        owner = self
+        self.release = threading.Event()  # before the server starts: requests wait on it
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                if self.path == "/":
-                    self._answer(b"Healthy")
-                else:
-                    self._hang()
-
-            def do_POST(self) -> None:
-                self._hang()
-
-            def _answer(self, body: bytes) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _hang(self) -> None:
-                owner.received += 1
-                release.wait()
-                self.close_connection = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep the test output clean
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        self.release.wait()
+        request.close_connection = True
 
     def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 class Cluster:
     """The module's router and the replicas behind each of its endpoints."""
 
-    def __init__(self, handle: RouterHandle, servers: dict[str, ModelServerHandle],
-                 hanging: HangingReplica) -> None:
+    def __init__(
+        self, handle: RouterHandle, servers: dict[str, ModelServerHandle], hanging: HangingReplica
+    ) -> None:
         self.router = handle
         self.servers = servers
         self.hanging = hanging
@@ -107,41 +84,79 @@ def _deployment(name: str, servers: list[str], **extra: Any) -> dict[str, Any]:
     return {"name": name, "urls": servers, **extra}
 
 
-def _endpoint(name: str, traffic: dict[str, int], deployments: list[dict[str, Any]],
-              **extra: Any) -> dict[str, Any]:
-    return {"name": name, "auth_mode": "none", "traffic": traffic,
-            "deployments": deployments, **extra}
+def _endpoint(
+    name: str, traffic: dict[str, int], deployments: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "auth_mode": "none",
+        "traffic": traffic,
+        "deployments": deployments,
+        **extra,
+    }
 
 
 def cluster_config(urls: dict[str, str], hanging_url: str) -> dict[str, Any]:
     return {
         "endpoints": [
             # Both deployments echo; green takes no traffic unless pinned.
-            _endpoint("iris", {"blue": 100, "green": 0}, [
-                _deployment("blue", [urls["b0"]]),
-                _deployment("green", [urls["g0"]]),
-            ]),
-            _endpoint("custom", {"blue": 100}, [
-                _deployment("blue", [urls["b0"]], scoring_route="/v2/models/iris/infer"),
-            ]),
+            _endpoint(
+                "iris",
+                {"blue": 100, "green": 0},
+                [
+                    _deployment("blue", [urls["b0"]]),
+                    _deployment("green", [urls["g0"]]),
+                ],
+            ),
+            _endpoint(
+                "custom",
+                {"blue": 100},
+                [
+                    _deployment("blue", [urls["b0"]], scoring_route="/v2/models/iris/infer"),
+                ],
+            ),
             _endpoint("dark", {}, [_deployment("blue", [urls["b0"]])]),
-            _endpoint("split", {"blue": 90, "green": 10}, [
-                _deployment("blue", [urls["s-blue"]]),
-                _deployment("green", [urls["s-green"]]),
-            ]),
-            _endpoint("mirrored", {"live": 100}, [
-                _deployment("live", [urls["l0"]]),
-                _deployment("shadow", [urls["h0"]],
-                            request_settings={"max_concurrent_requests_per_instance": 8}),
-            ], mirror_traffic={"shadow": MIRROR_PERCENT}),
-            _endpoint("mirror-hang", {"live": 100}, [
-                _deployment("live", [urls["m-live"]]),
-                _deployment("shadow", [hanging_url], request_settings={"request_timeout_ms": 1500}),
-            ], mirror_traffic={"shadow": 50}),
-            _endpoint("mirror-dead", {"live": 100}, [
-                _deployment("live", [urls["m-live"]]),
-                _deployment("shadow", [urls["dead0"]]),
-            ], mirror_traffic={"shadow": 50}),
+            _endpoint(
+                "split",
+                {"blue": 90, "green": 10},
+                [
+                    _deployment("blue", [urls["s-blue"]]),
+                    _deployment("green", [urls["s-green"]]),
+                ],
+            ),
+            _endpoint(
+                "mirrored",
+                {"live": 100},
+                [
+                    _deployment("live", [urls["l0"]]),
+                    _deployment(
+                        "shadow",
+                        [urls["h0"]],
+                        request_settings={"max_concurrent_requests_per_instance": 8},
+                    ),
+                ],
+                mirror_traffic={"shadow": MIRROR_PERCENT},
+            ),
+            _endpoint(
+                "mirror-hang",
+                {"live": 100},
+                [
+                    _deployment("live", [urls["m-live"]]),
+                    _deployment(
+                        "shadow", [hanging_url], request_settings={"request_timeout_ms": 1500}
+                    ),
+                ],
+                mirror_traffic={"shadow": 50},
+            ),
+            _endpoint(
+                "mirror-dead",
+                {"live": 100},
+                [
+                    _deployment("live", [urls["m-live"]]),
+                    _deployment("shadow", [urls["dead0"]]),
+                ],
+                mirror_traffic={"shadow": 50},
+            ),
             {
                 "name": "keyed",
                 "auth_mode": "key",
@@ -151,16 +166,6 @@ def cluster_config(urls: dict[str, str], hanging_url: str) -> dict[str, Any]:
             },
         ]
     }
-
-
-def stop_servers(servers: Iterable[ModelServerHandle]) -> None:
-    """SIGTERM every model server first, then wait for each: they exit in parallel."""
-    servers = list(servers)
-    for server in servers:
-        if server.is_alive():
-            server.process.terminate()
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -259,8 +264,9 @@ def test_scoring_route_is_honoured_for_every_url_shape(
         client.post(f"{cluster.router.url}/api/v1/service/custom/score", content=b"{}")
     )
     by_host = echoed(
-        client.post(f"{cluster.router.url}/score", content=b"{}",
-                    headers={"Host": "custom.example.com"})
+        client.post(
+            f"{cluster.router.url}/score", content=b"{}", headers={"Host": "custom.example.com"}
+        )
     )
     assert by_endpoint_url["path"] == "/v2/models/iris/infer"
     assert by_endpoint_url["query"] == "a=b"
@@ -396,8 +402,10 @@ def test_mirror_receives_its_percent_and_the_client_gets_the_live_answer(
         assert echoed(response)["replica"] == "l0"
         assert response.headers["azureml-model-deployment"] == "live"
     expected = MIRROR_REQUESTS * MIRROR_PERCENT // 100
-    wait_until(lambda: shadow.stats(history=False)["completed"] >= expected * 0.9,
-               message="mirror copies arrive")
+    wait_until(
+        lambda: shadow.stats(history=False)["completed"] >= expected * 0.9,
+        message="mirror copies arrive",
+    )
     wait_until(lambda: shadow_inflight(cluster, "mirrored") == 0, message="copies finish")
     copies = shadow.stats(history=False)["requests"]
     assert expected * 0.9 <= copies <= expected, copies
@@ -439,8 +447,10 @@ def test_dead_mirror_does_not_fail_clients(cluster: Cluster, client: httpx.Clien
         response = client.post(cluster.url("mirror-dead"), content=b"{}")
         assert echoed(response)["replica"] == "m-live"
     # Copies were tried, and failed, aside.
-    wait_until(lambda: cluster.router.deployment("mirror-dead", "shadow")["responses"].get("502"),
-               message="failed mirror copies are counted on the mirror deployment")
+    wait_until(
+        lambda: cluster.router.deployment("mirror-dead", "shadow")["responses"].get("502"),
+        message="failed mirror copies are counted on the mirror deployment",
+    )
 
 
 # ==========================================================================================
@@ -469,7 +479,8 @@ def test_either_key_is_accepted_and_never_forwarded_or_logged(
 ) -> None:
     request_id = str(uuid.uuid4())
     response = client.post(
-        cluster.url("keyed"), content=b"{}",
+        cluster.url("keyed"),
+        content=b"{}",
         headers={"Authorization": f"Bearer {key}", "x-request-id": request_id},
     )
     seen = echoed(response)
@@ -487,7 +498,8 @@ def test_either_key_is_accepted_and_never_forwarded_or_logged(
 
 def test_hop_by_hop_headers_are_not_forwarded(cluster: Cluster, client: httpx.Client) -> None:
     response = client.post(
-        cluster.url("iris"), content=b"{}",
+        cluster.url("iris"),
+        content=b"{}",
         headers={
             "Keep-Alive": "timeout=5, max=100",
             "TE": "trailers",
@@ -506,7 +518,8 @@ def test_headers_named_in_connection_are_not_forwarded(
     cluster: Cluster, client: httpx.Client
 ) -> None:
     response = client.post(
-        cluster.url("iris"), content=b"{}",
+        cluster.url("iris"),
+        content=b"{}",
         headers={"Connection": "keep-alive, X-Hop-Secret", "X-Hop-Secret": "for-the-proxy-only"},
     )
     assert "x-hop-secret" not in echoed(response)["headers"]
@@ -515,7 +528,8 @@ def test_headers_named_in_connection_are_not_forwarded(
 def test_every_proxy_header_is_dropped(cluster: Cluster, client: httpx.Client) -> None:
     # `Proxy:` is the httpoxy header (CGI turns it into HTTP_PROXY); the brief drops all Proxy-*.
     response = client.post(
-        cluster.url("iris"), content=b"{}",
+        cluster.url("iris"),
+        content=b"{}",
         headers={"Proxy": "http://attacker.example:3128", "Proxy-Custom": "1"},
     )
     headers = echoed(response)["headers"]
@@ -529,8 +543,9 @@ def test_forwarded_headers_are_added(cluster: Cluster, client: httpx.Client) -> 
     assert fresh["x-forwarded-proto"] == "http"
     assert fresh["x-forwarded-host"] == cluster.router.url.removeprefix("http://")
     chained = echoed(
-        client.post(cluster.url("iris"), content=b"{}",
-                    headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.2"})
+        client.post(
+            cluster.url("iris"), content=b"{}", headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.2"}
+        )
     )["headers"]
     assert chained["x-forwarded-for"] == "203.0.113.7, 10.0.0.2, 127.0.0.1"
 
@@ -594,7 +609,8 @@ def test_client_request_id_is_cleaned_and_echoed(
     cluster: Cluster, client: httpx.Client, sent: str, cleaned: str
 ) -> None:
     response = client.post(
-        cluster.url("iris"), content=b"{}",
+        cluster.url("iris"),
+        content=b"{}",
         headers={"x-ms-client-request-id": sent.encode("utf-8")},
     )
     assert response.headers["x-ms-client-request-id"] == cleaned
@@ -627,8 +643,11 @@ def test_replica_status_and_body_pass_through(
 def test_access_log_has_one_line_per_request(cluster: Cluster, client: httpx.Client) -> None:
     ids = [str(uuid.uuid4()) for _ in range(5)]
     for request_id in ids:
-        client.post(cluster.url("iris", "score?status=418"), content=b"hello",
-                    headers={"x-request-id": request_id})
+        client.post(
+            cluster.url("iris", "score?status=418"),
+            content=b"hello",
+            headers={"x-request-id": request_id},
+        )
     for request_id in ids:
         line = log_line_for(cluster.router, request_id)
         assert line["endpoint"] == "iris"

@@ -10,7 +10,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,14 @@ import httptools
 import httpx
 import pytest
 
-from tests.helpers import ModelServerHandle, start_model_servers, wait_until
-from tests.router import RouterFactory, RouterHandle, endpoint_config, router  # noqa: F401
+from tests.helpers import (
+    ModelServerHandle,
+    RawResponse,
+    ResponseCollector,
+    start_model_servers,
+    wait_until,
+)
+from tests.router import RouterFactory, RouterHandle, endpoint_config
 from tests.servers.model_server import PATTERN_BLOCK, download_body
 
 HTTP_TIMEOUT = 30.0
@@ -58,12 +64,20 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stream]:
         "server": {"drain_timeout_s": 1.0},
         "endpoints": [
             # Large bodies take seconds through a loaded test machine: no 504 here.
-            _endpoint(ENDPOINT, server.url, request_timeout_ms=120_000,
-                      max_concurrent_requests_per_instance=4),
+            _endpoint(
+                ENDPOINT,
+                server.url,
+                request_timeout_ms=120_000,
+                max_concurrent_requests_per_instance=4,
+            ),
             # Pipelining has its own replica and a short timeout: a request a bug strands
             # there frees itself soon and never touches the streaming tests.
-            _endpoint(PIPE_ENDPOINT, pipe_server.url, request_timeout_ms=2000,
-                      max_concurrent_requests_per_instance=4),
+            _endpoint(
+                PIPE_ENDPOINT,
+                pipe_server.url,
+                request_timeout_ms=2000,
+                max_concurrent_requests_per_instance=4,
+            ),
         ],
     }
     try:
@@ -103,38 +117,18 @@ def pattern_chunks(size: int) -> Iterator[bytes]:
 # ==========================================================================================
 
 
-@dataclass
-class RawResponse:
-    status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    complete: bool = False
-
-
-class RawConnection:
+class RawConnection(ResponseCollector):
     """A client socket plus an llhttp response parser; responses are collected in order."""
 
     def __init__(self, port: int) -> None:
+        super().__init__()
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT)
         self.parser = httptools.HttpResponseParser(self)
-        self.responses: list[RawResponse] = []
         self.eof = False
 
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        self.responses.append(RawResponse())
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.responses[-1].headers[name.decode().lower()] = value.decode()
-
+    # httptools callback (the others are ResponseCollector's)
     def on_headers_complete(self) -> None:
         self.responses[-1].status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self.responses[-1].body += body
-
-    def on_message_complete(self) -> None:
-        self.responses[-1].complete = True
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

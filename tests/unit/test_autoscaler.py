@@ -123,13 +123,24 @@ class Load:
 def make(
     *, ready: int = 1, starting: int = 0, limit: int = 1, sample_interval_s: float = TICK, **policy
 ) -> tuple[Autoscaler, FakeRuntime, Load, ManualClock]:
-    settings = dict(min_instances=1, max_instances=10, target=0.7, polling_interval_s=1.0,
-                    scale_down_delay_s=60.0)
+    settings = dict(
+        min_instances=1,
+        max_instances=10,
+        target=0.7,
+        polling_interval_s=1.0,
+        scale_down_delay_s=60.0,
+    )
     clock = ManualClock()
     table = SlotTable(limit, max_queued=1000)
     runtime = FakeRuntime(table, clock, ready=ready, starting=starting)
-    scaler = Autoscaler("ep/blue", ScalePolicy(**(settings | policy)), table, runtime,
-                        clock=clock, sample_interval_s=sample_interval_s)
+    scaler = Autoscaler(
+        "ep/blue",
+        ScalePolicy(**(settings | policy)),
+        table,
+        runtime,
+        clock=clock,
+        sample_interval_s=sample_interval_s,
+    )
     return scaler, runtime, Load(table), clock
 
 
@@ -355,10 +366,18 @@ async def test_snapshot_before_any_sample():
 
 
 def test_policy_from_settings_converts_percent_and_names():
-    settings = ScaleSettings(type="target_utilization", min_instances=0, max_instances=8,
-                             target_utilization_percentage=70, polling_interval=0.5,
-                             scale_down_delay_s=4.0)
+    settings = ScaleSettings(
+        type="target_utilization",
+        min_instances=0,
+        max_instances=8,
+        target_utilization_percentage=70,
+        polling_interval=0.5,
+        scale_down_delay_s=4.0,
+    )
     assert policy_from_settings(settings) == ScalePolicy(
-        min_instances=0, max_instances=8, target=0.7, polling_interval_s=0.5,
+        min_instances=0,
+        max_instances=8,
+        target=0.7,
+        polling_interval_s=0.5,
         scale_down_delay_s=4.0,
     )
