@@ -259,6 +259,7 @@ class Router:
         if proxy is not None:
             for conn in list(proxy.connections):
                 conn._abort()
+            proxy.close()
         self.endpoints.pools.close()
         if self.admin is not None:
             await self.admin.close()

@@ -7,6 +7,7 @@ it (through the `ReplicaEvents` callbacks), the keep-alive pools to its replicas
 from __future__ import annotations
 
 import hmac
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from inferfront.telemetry.stats import DeploymentStats
 if TYPE_CHECKING:
     from inferfront.config import Deployment, Endpoint
     from inferfront.coordinator.broker import Broker
+    from inferfront.proxy.exchange import Exchange
     from inferfront.runtime.base import ReplicaRuntime
 
 # Connection refused means nothing listens: one is enough to stop routing there until a probe
@@ -53,6 +55,9 @@ class DeploymentState:
         self._connect_failures: dict[str, int] = {}
         self._was_ready: set[str] = set()  # replicas that have been ready at least once
         self.scaler = None  # set by the autoscaler when the deployment is scaled
+        # Requests under way, oldest first, with their deadlines (one timeout per deployment,
+        # so arrival order is deadline order): the proxy's sweep pops the expired ones.
+        self.deadlines: OrderedDict[Exchange, float] = OrderedDict()
 
     # -- ReplicaEvents (called by the runtime) ----------------------------------------------
 

@@ -98,7 +98,6 @@ class Exchange:
         "t_start",
         "t_upstream_done",
         "ticket",
-        "timer",
         "unfinished_head",
         "upconn",
         "upstream_head",
@@ -141,7 +140,6 @@ class Exchange:
         self.mirror_copy: MirrorCopy | None = None
         self.upconn: UpstreamConnection | None = None
         self.upstream_head = b""
-        self.timer: asyncio.TimerHandle | None = None
         self.queue_timer: asyncio.TimerHandle | None = None
         self.attempts = 0
         self.ticket = 0  # a cluster broker's number for this request while it waits
@@ -290,7 +288,8 @@ class Exchange:
             (deployment.scoring_route if path is None else path) + query
         )
         loop = client.loop
-        self.timer = loop.call_later(deployment.timeout_s, self._on_deadline)
+        # The whole-request deadline: a sweep (Proxy) fires it; no timer object per request.
+        deployment.deadlines[self] = self.t_start + deployment.timeout_s
         if self.pin is None and endpoint.mirror is not None:
             client.proxy.mirror(self, endpoint)
             self._send_mirror()  # the body may be complete already
@@ -673,8 +672,8 @@ class Exchange:
             self.deployment.slots.cancel(self)  # type: ignore[union-attr]
             self.respond_error(503, "No replica became free within max_queue_wait_ms; retry later.")
 
-    def _on_deadline(self) -> None:
-        self.timer = None
+    def on_deadline(self) -> None:
+        """request_timeout_ms has passed (called by the proxy's deadline sweep)."""
         if self.state == DONE:
             return
         self._let_go()
@@ -751,9 +750,8 @@ class Exchange:
             return
         self.state = DONE
         self.active = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.deployment is not None:
+            self.deployment.deadlines.pop(self, None)
         if self.queue_timer is not None:
             self.queue_timer.cancel()
             self.queue_timer = None
