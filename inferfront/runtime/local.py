@@ -361,13 +361,7 @@ class LocalProcessRuntime:
         )
         _cancel_all(replica.tasks)
         self._forget(replica)
-        self._schedule_replacement(
-            replica.lineage,
-            was_ready=replica.ever_ready,
-            uptime=uptime,
-            port=replica.port,
-            replacing=replica.name,
-        )
+        self._replace(replica, uptime)
 
     def _readiness_changed(self, replica: _Replica, ready: bool) -> None:
         if replica.teardown is not None:
@@ -439,6 +433,11 @@ class LocalProcessRuntime:
         uptime = asyncio.get_running_loop().time() - replica.launched_at
         self._begin_teardown(replica, drain=False, deadline=0.0)
         # Scheduled now, not after the kill, so the target count never dips.
+        self._replace(replica, uptime)
+
+    # --- replacing ------------------------------------------------------------------------
+
+    def _replace(self, replica: _Replica, uptime: float) -> None:
         self._schedule_replacement(
             replica.lineage,
             was_ready=replica.ever_ready,
@@ -446,8 +445,6 @@ class LocalProcessRuntime:
             port=replica.port,
             replacing=replica.name,
         )
-
-    # --- replacing ------------------------------------------------------------------------
 
     def _schedule_replacement(
         self,
