@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/quickstart/inferfront.yaml
 
-.PHONY: run test lint bench bench-autoscale clean
+.PHONY: run test lint bench bench-autoscale bench-hotpath clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(VENV)/.test-installed
 
 bench-autoscale: $(VENV)/.test-installed
 	$(BIN)/python -m bench.autoscale
+
+bench-hotpath: $(VENV)/.test-installed
+	$(BIN)/python -m bench.hotpath
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -90,7 +90,6 @@ class Exchange:
         "request_id",
         "resp_content_length",
         "resp_head_sent",
-        "resp_headers",
         "resp_started",
         "resp_status",
         "state",
@@ -148,7 +147,6 @@ class Exchange:
         self.resp_started = False
         self.resp_head_sent = False
         self.resp_status = 0
-        self.resp_headers: list[bytes] = []
         self.resp_content_length: int | None = None
         self.chunked_out = False
         self.bytes_out = 0
@@ -393,7 +391,6 @@ class Exchange:
         self.state = UPSTREAM
         self.upconn = conn
         conn.exchange = self
-        self.resp_headers = []
         pending = self.pending
         pending.insert(0, self.upstream_head)
         if self.body_complete and self.chunked_in:
@@ -461,24 +458,17 @@ class Exchange:
     # Response, fed by the upstream parser
     # ======================================================================================
 
-    def upstream_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname in _RESPONSE_DROP:
-            if lname == b"content-length":
-                self.resp_content_length = int(value)
-            return
-        self.resp_headers += (name, b": ", value, b"\r\n")
-
-    def upstream_headers_complete(self, status: int, version: str) -> None:
+    def upstream_headers_complete(
+        self, status: int, head: list[bytes], content_length: int | None
+    ) -> None:
+        """The replica's answer head (`head`: the fields to forward, already filtered)."""
         if status < 200:
-            # 1xx interim answers are the replica's business (we never forward Expect).
-            self.resp_headers = []
-            self.resp_content_length = None
-            return
+            return  # 1xx interim answers are the replica's business (we never forward Expect)
         self.resp_started = True
         self.resp_status = status
+        self.resp_content_length = content_length
         parts = [http.status_line(status)]
-        parts += self.resp_headers
+        parts += head
         parts += (
             b"x-request-id: ",
             self.request_id.encode(),
@@ -506,7 +496,6 @@ class Exchange:
         parts.append(b"\r\n")
         self.out += parts
         self.resp_head_sent = True
-        self.resp_headers = []
         if self.is_head:
             # llhttp would wait for a body a HEAD answer never has; finish now, drop the conn.
             self.upconn.reusable = False  # type: ignore[union-attr]
@@ -776,10 +765,3 @@ _SPECIAL = frozenset(
     | http.HOP_BY_HOP
     | http.SMUGGLING_ALIASES
 )
-
-_RESPONSE_DROP = http.HOP_BY_HOP | {
-    b"x-request-id",
-    b"x-ms-request-id",
-    b"azureml-model-deployment",
-    b"x-ms-client-request-id",
-}

@@ -135,10 +135,9 @@ class MirrorCopy:
 
     # -- UpstreamConnection callbacks: the answer is read and dropped ------------------------
 
-    def upstream_header(self, name: bytes, value: bytes) -> None:
-        pass
-
-    def upstream_headers_complete(self, status: int, version: str) -> None:
+    def upstream_headers_complete(
+        self, status: int, head: list[bytes], content_length: int | None
+    ) -> None:
         if status >= 200:
             self.resp_started = True
             self.status = status

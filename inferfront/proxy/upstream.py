@@ -14,13 +14,26 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from inferfront.proxy.http import HOP_BY_HOP
+
+# Response fields never forwarded as the replica sent them: hop-by-hop and framing fields, and
+# the ids and deployment name the router sets itself.
+RESPONSE_DROP = HOP_BY_HOP | {
+    b"x-request-id",
+    b"x-ms-request-id",
+    b"azureml-model-deployment",
+    b"x-ms-client-request-id",
+}
+
 if TYPE_CHECKING:
     from inferfront.proxy.exchange import Exchange
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "content_length",
         "exchange",
+        "head",
         "parser",
         "pool",
         "reusable",
@@ -35,6 +48,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.reusable = True
         self.write_paused = False
+        # The response head as it will be forwarded: hop-by-hop and framing fields dropped.
+        # Kept here rather than in the exchange: one Python call per header, not two.
+        self.head: list[bytes] = []
+        self.content_length: int | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -80,14 +97,22 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks (response) -----------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.exchange.upstream_header(name, value)  # type: ignore[union-attr]
+        lname = name.lower()
+        if lname in RESPONSE_DROP:
+            if lname == b"content-length":
+                self.content_length = int(value)  # llhttp has validated it
+            return
+        self.head += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         if not parser.should_keep_alive():
             self.reusable = False
+        head, content_length = self.head, self.content_length
+        self.head = []
+        self.content_length = None
         self.exchange.upstream_headers_complete(  # type: ignore[union-attr]
-            parser.get_status_code(), parser.get_http_version()
+            parser.get_status_code(), head, content_length
         )
 
     def on_body(self, body: bytes) -> None:
