@@ -107,7 +107,6 @@ class Router:
         self.admin: AdminServer | None = None
         self.access_log: AccessLog | None = None
         self._stopping = asyncio.Event()
-        self.started = asyncio.Event()
 
     def deployments(self) -> list[DeploymentState]:
         return list(self.endpoints.deployments())
@@ -148,7 +147,6 @@ class Router:
         self.admin = AdminServer(metrics, self.deployments, self.ready)
         self.admin.add_json_route("/admin/v1/cluster", self.cluster_view)
         await self.admin.start(self.listen.admin_host, self.listen.admin_port)
-        self.started.set()
 
     async def _start_runtime(self, state: DeploymentState) -> None:
         try:

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from inferfront.runtime.base import ReplicaEvents
+from inferfront.runtime.logs import ReplicaLog
 from inferfront.runtime.ports import pick_free_port
 from inferfront.runtime.probes import (
     HealthTracker,
@@ -273,14 +274,7 @@ class LocalProcessRuntime:
         process, exited = await _spawn_process(self._argv(port), self._cwd, self._env)
         replica = _Replica(name, port, process, exited, lineage, asyncio.get_running_loop().time())
         self._replicas[name] = replica
-        self._log.info(
-            "[%s/%s] started pid %d on port %d",
-            self.deployment_name,
-            name,
-            process.pid,
-            port,
-            extra=self._extra(replica),
-        )
+        self._log_for(replica).info("started pid %d on port %d", process.pid, port)
         self._events.replica_added(name, self.host, port)
         replica.pump = self._spawn(self._pump_output(replica), f"{name}-output")
         self._spawn(self._watch_exit(replica), f"{name}-exit")
@@ -323,13 +317,7 @@ class LocalProcessRuntime:
         try:
             while line := await self._read_line(replica, stream):
                 text = line.decode("utf-8", "replace").rstrip("\r\n")
-                self._log.info(
-                    "[%s/%s] %s",
-                    self.deployment_name,
-                    replica.name,
-                    text,
-                    extra=self._extra(replica),
-                )
+                self._log_for(replica).info("%s", text)
         finally:  # end of output, or cancelled while a grandchild holds the pipe open
             replica.process.close_output()
 
@@ -338,12 +326,7 @@ class LocalProcessRuntime:
             try:
                 return await stream.readline()
             except ValueError:  # one line over the stream limit: dropped by the reader
-                self._log.warning(
-                    "[%s/%s] <overlong output line dropped>",
-                    self.deployment_name,
-                    replica.name,
-                    extra=self._extra(replica),
-                )
+                self._log_for(replica).warning("<overlong output line dropped>")
 
     async def _watch_exit(self, replica: _Replica) -> None:
         await replica.exited.wait()
@@ -351,13 +334,8 @@ class LocalProcessRuntime:
         if replica.teardown is not None:
             return  # we stopped it; the teardown reports the removal
         uptime = asyncio.get_running_loop().time() - replica.launched_at
-        self._log.warning(
-            "[%s/%s] exited on its own (%s) after %.1f s",
-            self.deployment_name,
-            replica.name,
-            _describe_exit(returncode),
-            uptime,
-            extra=self._extra(replica),
+        self._log_for(replica).warning(
+            "exited on its own (%s) after %.1f s", _describe_exit(returncode), uptime
         )
         _cancel_all(replica.tasks)
         self._forget(replica)
@@ -377,20 +355,9 @@ class LocalProcessRuntime:
     def _set_ready(self, replica: _Replica) -> None:
         if replica.state == "starting":
             took = asyncio.get_running_loop().time() - replica.launched_at
-            self._log.info(
-                "[%s/%s] ready after %.1f s",
-                self.deployment_name,
-                replica.name,
-                took,
-                extra=self._extra(replica),
-            )
+            self._log_for(replica).info("ready after %.1f s", took)
         else:
-            self._log.info(
-                "[%s/%s] ready again",
-                self.deployment_name,
-                replica.name,
-                extra=self._extra(replica),
-            )
+            self._log_for(replica).info("ready again")
         replica.state = "ready"
         replica.ever_ready = True
         replica.lineage = replica.lineage.after_ready()
@@ -399,13 +366,7 @@ class LocalProcessRuntime:
     def _set_unready(self, replica: _Replica, reason: str) -> None:
         if replica.state != "ready":
             return  # never announced ready: nothing to take back
-        self._log.warning(
-            "[%s/%s] unready: %s",
-            self.deployment_name,
-            replica.name,
-            reason,
-            extra=self._extra(replica),
-        )
+        self._log_for(replica).warning("unready: %s", reason)
         replica.state = "unready"
         self._events.replica_ready(replica.name, False)
 
@@ -423,12 +384,8 @@ class LocalProcessRuntime:
     def _restart_unresponsive(self, replica: _Replica) -> None:
         if self._stopped or replica.teardown is not None:
             return
-        self._log.warning(
-            "[%s/%s] liveness probe failed %d times in a row: restarting",
-            self.deployment_name,
-            replica.name,
-            self._liveness.failure_threshold,
-            extra=self._extra(replica),
+        self._log_for(replica).warning(
+            "liveness probe failed %d times in a row: restarting", self._liveness.failure_threshold
         )
         uptime = asyncio.get_running_loop().time() - replica.launched_at
         self._begin_teardown(replica, drain=False, deadline=0.0)
@@ -514,12 +471,8 @@ class LocalProcessRuntime:
             if inflight <= 0:
                 return
             if loop.time() >= replica.drain_deadline:
-                self._log.warning(
-                    "[%s/%s] drain timed out with %d requests in flight; stopping anyway",
-                    self.deployment_name,
-                    replica.name,
-                    inflight,
-                    extra=self._extra(replica),
+                self._log_for(replica).warning(
+                    "drain timed out with %d requests in flight; stopping anyway", inflight
                 )
                 return
             await asyncio.sleep(DRAIN_POLL_S)
@@ -531,22 +484,12 @@ class LocalProcessRuntime:
             async with asyncio.timeout(KILL_GRACE_S):
                 await replica.exited.wait()
         except TimeoutError:
-            self._log.warning(
-                "[%s/%s] still running %.0f s after SIGTERM: SIGKILL",
-                self.deployment_name,
-                replica.name,
-                KILL_GRACE_S,
-                extra=self._extra(replica),
+            self._log_for(replica).warning(
+                "still running %.0f s after SIGTERM: SIGKILL", KILL_GRACE_S
             )
             _signal_group(process, signal.SIGKILL)
             await replica.exited.wait()
-        self._log.info(
-            "[%s/%s] stopped (%s)",
-            self.deployment_name,
-            replica.name,
-            _describe_exit(process.returncode),
-            extra=self._extra(replica),
-        )
+        self._log_for(replica).info("stopped (%s)", _describe_exit(process.returncode))
         if replica.pump is not None:
             # A grandchild holding the pipe open must not hold up the stop.
             _, still_reading = await asyncio.wait({replica.pump}, timeout=OUTPUT_DRAIN_S)
@@ -593,8 +536,8 @@ class LocalProcessRuntime:
                 exc_info=task.exception(),
             )
 
-    def _extra(self, replica: _Replica) -> dict[str, str]:
-        return {"deployment": self.deployment_name, "replica": replica.name}
+    def _log_for(self, replica: _Replica) -> ReplicaLog:
+        return ReplicaLog(self._log, self.deployment_name, replica.name)
 
 
 class _ReplicaProcess:

@@ -18,9 +18,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from inferfront.runtime.base import ReplicaEvents
+from inferfront.runtime.logs import ReplicaLog
 from inferfront.runtime.probes import ProbeSpec, ReadinessWatch, ReplicaInfo, ReplicaState
 
 DRAIN_POLL_S = 0.05
@@ -80,13 +80,8 @@ class StaticRuntime:
         await asyncio.gather(*(self._watch(r).probe_once() for r in self._replicas))
         for replica in self._replicas:
             if replica.state == "starting":
-                self._log.warning(
-                    "[%s/%s] %s:%d does not answer its readiness probe yet",
-                    self.deployment_name,
-                    replica.name,
-                    replica.host,
-                    replica.port,
-                    extra=self._extra(replica),
+                self._log_for(replica).warning(
+                    "%s:%d does not answer its readiness probe yet", replica.host, replica.port
                 )
             replica.probing = asyncio.create_task(
                 self._watch(replica).run(), name=f"{replica.name}-readiness"
@@ -139,18 +134,10 @@ class StaticRuntime:
         if replica.state == "draining":
             return
         if ready:
-            self._log.info(
-                "[%s/%s] ready", self.deployment_name, replica.name, extra=self._extra(replica)
-            )
+            self._log_for(replica).info("ready")
             replica.state = "ready"
         elif replica.state == "ready":
-            self._log.warning(
-                "[%s/%s] unready: %s",
-                self.deployment_name,
-                replica.name,
-                reason,
-                extra=self._extra(replica),
-            )
+            self._log_for(replica).warning("unready: %s", reason)
             replica.state = "unready"
         else:
             return  # never announced ready: nothing to take back
@@ -195,5 +182,5 @@ class StaticRuntime:
         assert replica.readiness is not None
         return replica.readiness
 
-    def _extra(self, replica: _StaticReplica) -> dict[str, Any]:
-        return {"deployment": self.deployment_name, "replica": replica.name}
+    def _log_for(self, replica: _StaticReplica) -> ReplicaLog:
+        return ReplicaLog(self._log, self.deployment_name, replica.name)
