@@ -205,6 +205,12 @@ class Router:
         proxy = self.proxy
         if proxy is not None:
             yield ("open_connections", "Client connections open.", len(proxy.connections), {})
+            yield (
+                "mirror_copies_skipped",
+                "Mirror copies not sent since start (no free slot, or body too large).",
+                proxy.mirrors.skipped,
+                {},
+            )
         node = self.node
         if node is None:
             return

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import REPO_ROOT, free_port, stop_process
 
@@ -99,6 +100,14 @@ class RouterHandle:
 
     def metrics(self) -> str:
         return httpx.get(f"{self.admin_url}/metrics", timeout=5.0).text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of /metrics (the first whose labels include `labels`)."""
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return sample.value
+        raise KeyError(f"no sample {name} {labels}")
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

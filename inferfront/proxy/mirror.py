@@ -21,7 +21,8 @@ class MirrorSender:
     def __init__(self, loop: asyncio.AbstractEventLoop, max_body: int) -> None:
         self.loop = loop
         self.max_body = max_body
-        self.sent = 0
+        # Copies not sent (no free slot, body too large); sent ones are counted on the mirror
+        # deployment's own requests_total.
         self.skipped = 0
 
     def start(self, exchange: Exchange, target: DeploymentState) -> None:
@@ -90,7 +91,6 @@ class MirrorCopy:
         loop = self.sender.loop
         self.t0 = loop.time()
         self.timer = loop.call_at(self.t0 + self.deployment.timeout_s, self._on_deadline)
-        self.sender.sent += 1
         conn = pool.take_idle()
         if conn is not None:
             self._send(conn)

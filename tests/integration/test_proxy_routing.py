@@ -437,6 +437,8 @@ def test_hanging_mirror_does_not_hold_up_clients(cluster: Cluster, client: httpx
         assert echoed(response)["replica"] == "m-live"
     assert shadow_inflight(cluster, "mirror-hang") == 1
     assert hanging.received == held  # no further copies while its only slot is taken
+    skipped = cluster.router.metric("inferfront_mirror_copies_skipped")
+    assert skipped >= 10  # every second of the 20 requests was meant to be copied
     # The hung copy is bounded by the mirror deployment's own request timeout.
     wait_until(lambda: shadow_inflight(cluster, "mirror-hang") == 0, timeout=10)
 
