@@ -315,9 +315,9 @@ class LocalProcessRuntime:
     async def _pump_output(self, replica: _Replica) -> None:
         stream = replica.process.stdout
         try:
+            log = self._log_for(replica)
             while line := await self._read_line(replica, stream):
-                text = line.decode("utf-8", "replace").rstrip("\r\n")
-                self._log_for(replica).info("%s", text)
+                log.info("%s", line.decode("utf-8", "replace").rstrip("\r\n"))
         finally:  # end of output, or cancelled while a grandchild holds the pipe open
             replica.process.close_output()
 
