@@ -277,8 +277,6 @@ def _start_router(
     run: Run, name: str, config: dict[str, object], port: int, extra_args: Sequence[str] = ()
 ) -> Child:
     admin_port = run.ports.take_one()
-    if extra_args:
-        run.ports.take(4)  # workers' admin ports follow the supervisor's
     return servers.start_router(
         run.children,
         run.settings.inferfront,

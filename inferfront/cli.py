@@ -159,11 +159,16 @@ def _supervise(args: argparse.Namespace, config, listen) -> int:
     port = listen.port or _free_port(listen.host)
     admin_port = listen.admin_port or _free_port(listen.admin_host)
 
+    # Each (re)started worker gets an admin port free at that moment; a fixed block next to
+    # the supervisor's port could be taken by anything meanwhile.
+    worker_admin_ports: dict[int, int] = {}
+
     def worker_argv(index: int) -> list[str]:
+        worker_admin_ports[index] = _free_port(listen.admin_host)
         return [
             sys.executable, "-m", "inferfront", "serve", "-c", args.config,
             "--host", listen.host, "--port", str(port),
-            "--admin-host", listen.admin_host, "--admin-port", str(admin_port + 1 + index),
+            "--admin-host", listen.admin_host, "--admin-port", str(worker_admin_ports[index]),
             "--log-level", args.log_level,
             "--worker-of", str(state_dir), "--worker-index", str(index),
             "--workers", str(args.workers),
@@ -171,7 +176,7 @@ def _supervise(args: argparse.Namespace, config, listen) -> int:
 
     async def on_started(supervisor) -> None:
         await serve_supervisor_admin(
-            supervisor, listen.admin_host, admin_port, lambda index: admin_port + 1 + index
+            supervisor, listen.admin_host, admin_port, worker_admin_ports.__getitem__
         )
         _announce(f"inferfront: serving on http://{listen.host}:{port} with {args.workers} workers")
         _announce(f"  admin on http://{listen.admin_host}:{admin_port}/admin/v1/cluster")
