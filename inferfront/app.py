@@ -144,7 +144,9 @@ class Router:
             self.listen.host, self.listen.port, reuse_port=self.listen.reuse_port
         )
         metrics = Metrics(self.deployments, extra=self._extra_metrics)
-        self.admin = AdminServer(metrics, self.deployments, self.ready)
+        # In a cluster, deployments coordinated elsewhere are shown as their coordinator sees them.
+        overlays = self.node.admin_overlays if self.node is not None else None
+        self.admin = AdminServer(metrics, self.deployments, self.ready, overlays=overlays)
         self.admin.add_json_route("/admin/v1/cluster", self.cluster_view)
         await self.admin.start(self.listen.admin_host, self.listen.admin_port)
 

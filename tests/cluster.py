@@ -9,7 +9,8 @@ Each instance gets its own request and admin ports (so a client knows which inst
 it; `share_port=True` puts them all on one port, SO_REUSEPORT) and the instance id `fe-<index>`.
 `ClusterInstance.kill()` is SIGKILL; `Cluster.restart(i)` starts instance i again under the same
 id (new ports). The load helpers (`burst`, `LoadLoop`) speak HTTP/1.1 over raw asyncio sockets,
-keep-alive, with every wait bounded.
+keep-alive, with every wait bounded; `send_and_hold` leaves requests outstanding until the test
+closes their connections.
 """
 
 from __future__ import annotations
@@ -267,16 +268,24 @@ class HttpConnection:
             self.close()
             raise Broken(f"{type(exc).__name__}: {exc}") from exc
 
-    async def _post(
-        self, target: str, body: bytes, on_sent: Callable[[], None] | None
-    ) -> tuple[int, dict[str, str], bytes]:
-        assert self.reader is not None and self.writer is not None
+    async def send(self, target: str, body: bytes = b"{}") -> None:
+        """Write a POST and return without reading the answer."""
+        await asyncio.wait_for(self._write_request(target, body), CONNECT_TIMEOUT_S)
+
+    async def _write_request(self, target: str, body: bytes) -> None:
+        assert self.writer is not None
         self.writer.write(
             f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
         await self.writer.drain()
+
+    async def _post(
+        self, target: str, body: bytes, on_sent: Callable[[], None] | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        assert self.reader is not None and self.writer is not None
+        await self._write_request(target, body)
         if on_sent is not None:
             on_sent()
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -315,6 +324,21 @@ class HttpConnection:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
+
+
+async def send_and_hold(port: int, count: int, query: str = "") -> list[HttpConnection]:
+    """`count` requests, each on its own connection, sent and not read: with `&mode=hang` they
+    stay in flight (or queued) until the caller closes the connections it gets back."""
+    connections = [HttpConnection(port) for _ in range(count)]
+    try:
+        for index, connection in enumerate(connections):
+            await connection.open()
+            await connection.send(f"{SCORE_PATH}?hold={index}{query}")
+    except BaseException:
+        for connection in connections:
+            connection.close()
+        raise
+    return connections
 
 
 @dataclass

@@ -4,6 +4,10 @@ A small HTTP/1.1 server on asyncio.Protocol and httptools, like the data plane, 
 same event loop as the router and reads the live routing tables without locks or copies. It is
 GET-only and strict: anything else is answered with an error, and malformed or oversized requests
 close the connection.
+
+In a cluster only a deployment's coordinator holds its in-flight counts, queue and scaling state;
+the app then passes `overlays`, which supplies per deployment what to show instead of this
+instance's own (empty) table: the coordinator's document and where it came from.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import inspect
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -54,6 +58,8 @@ class Response:
 
 
 Handler = Callable[[], Response | Awaitable[Response]]
+# Deployment key ("endpoint/name") -> fields that replace or extend its document.
+Overlays = Mapping[str, Mapping[str, Any]]
 
 
 def json_response(status: int, document: object, **headers: str) -> Response:
@@ -62,11 +68,17 @@ def json_response(status: int, document: object, **headers: str) -> Response:
     return Response(status, body, JSON_TYPE, tuple(headers.items()))
 
 
-def deployments_document(views: Iterable[DeploymentView]) -> dict[str, Any]:
-    """GET /admin/v1/deployments: deployments grouped by endpoint, in the provider's order."""
+def deployments_document(
+    views: Iterable[DeploymentView], overlays: Overlays | None = None
+) -> dict[str, Any]:
+    """GET /admin/v1/deployments: deployments grouped by endpoint, in the provider's order;
+    a deployment's entry in `overlays` (by "endpoint/name") replaces or adds fields."""
     endpoints: dict[str, list[dict[str, Any]]] = {}
     for view in views:
-        endpoints.setdefault(view.endpoint, []).append(_deployment_document(view))
+        document = deployment_document(view)
+        if overlays:
+            document.update(overlays.get(f"{view.endpoint}/{view.name}", {}))
+        endpoints.setdefault(view.endpoint, []).append(document)
     return {
         "endpoints": [
             {"name": name, "deployments": deployments} for name, deployments in endpoints.items()
@@ -74,7 +86,8 @@ def deployments_document(views: Iterable[DeploymentView]) -> dict[str, Any]:
     }
 
 
-def _deployment_document(view: DeploymentView) -> dict[str, Any]:
+def deployment_document(view: DeploymentView) -> dict[str, Any]:
+    """One deployment's entry, from this process's table and counters."""
     table = view.table
     return {
         "name": view.name,
@@ -118,18 +131,18 @@ class AdminServer:
         ready: Callable[[], tuple[bool, str] | Awaitable[tuple[bool, str]]],
         *,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        overlays: Callable[[], Awaitable[Overlays]] | None = None,
     ) -> None:
         self._metrics = metrics
         self._deployments = deployments
         self._ready = ready
+        self._overlays = overlays
         self.idle_timeout = idle_timeout
         self._routes: dict[str, Handler] = {
             "/metrics": self._serve_metrics,
             "/healthz": lambda: json_response(200, {"status": "ok"}),
             "/readyz": self._serve_ready,
-            "/admin/v1/deployments": lambda: json_response(
-                200, deployments_document(self._deployments())
-            ),
+            "/admin/v1/deployments": self._serve_deployments,
         }
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_AdminConnection] = set()
@@ -175,6 +188,18 @@ class AdminServer:
     def _serve_metrics(self) -> Response:
         body, content_type = self._metrics.render()
         return Response(200, body, content_type)
+
+    def _serve_deployments(self) -> Response | Awaitable[Response]:
+        if self._overlays is None:
+            return json_response(200, deployments_document(self._deployments()))
+        return self._serve_deployments_with_overlays(self._overlays)
+
+    async def _serve_deployments_with_overlays(
+        self, overlays: Callable[[], Awaitable[Overlays]]
+    ) -> Response:
+        fetched = await overlays()
+        # Views read after the await: they are then as fresh as what was fetched.
+        return json_response(200, deployments_document(self._deployments(), fetched))
 
     def _serve_ready(self) -> Response | Awaitable[Response]:
         result = self._ready()

@@ -10,7 +10,8 @@ The broker keeps two facts that survive a coordinator's death: the slots it hold
 its requests still waiting (`pending`, in arrival order). On a new coordinator it reports the
 first (HELLO) and asks again for the second, so nothing waiting is lost and nothing in flight is
 forgotten. While no coordinator is reachable, requests wait (bounded by their own timers):
-guessing could exceed a replica's limit.
+guessing could exceed a replica's limit. A waiting retry (`front`) stays one wherever it is asked
+again: it keeps its place ahead of first attempts at every coordinator.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Broker:
         "link",
         "local_waiters",
         "pending",
+        "retries",
         "service",
         "table",
         "unsent",
@@ -74,6 +76,7 @@ class Broker:
         self.leases: Counter[str] = Counter()
         self.pending: dict[int, BrokerWaiter] = {}  # ticket -> waiter, oldest first
         self.unsent: set[int] = set()  # pending tickets no coordinator has seen yet
+        self.retries: set[int] = set()  # pending tickets that may jump the queue (retries)
         self.local_waiters: dict[int, _LocalWaiter] = {}
 
     # -- what the proxy calls (the SlotTable's interface) -----------------------------------
@@ -109,6 +112,8 @@ class Broker:
             return
         waiter.ticket = ticket = self.client.new_ticket(self)
         self.pending[ticket] = waiter
+        if front:
+            self.retries.add(ticket)
         self._send_acquire(ticket)
 
     def cancel(self, waiter: BrokerWaiter) -> None:
@@ -125,6 +130,7 @@ class Broker:
         if sent and self.link is not None:
             self.link.send(p.cancel(ticket, self.dep))
         self.unsent.discard(ticket)
+        self.retries.discard(ticket)
 
     def release(self, replica: Replica) -> None:
         name = replica.name
@@ -172,21 +178,25 @@ class Broker:
             waiter = self.pending.pop(ticket)
             self.client.tickets.pop(ticket, None)  # local decisions need no directory
             self.unsent.discard(ticket)
-            self._park_local(ticket, waiter)
+            front = ticket in self.retries
+            self.retries.discard(ticket)
+            self._park_local(ticket, waiter, front)
         else:
             self.unsent.discard(ticket)
-            link.send(p.acquire(ticket, self.dep))
+            link.send(p.acquire(ticket, self.dep, ticket in self.retries))
 
-    def _park_local(self, ticket: int, waiter: BrokerWaiter) -> None:
+    def _park_local(self, ticket: int, waiter: BrokerWaiter, front: bool) -> None:
         def run() -> None:
             if waiter.active:
-                self._enqueue_local(ticket, waiter, False, raise_full=False)
+                self._enqueue_local(ticket, waiter, front, raise_full=False)
 
-        if not self.service.park_or_run(self.dep, run):
+        if not self.service.park_or_run(self.dep, run, front):
             # We hold no role after all (lost a race); wait for the next resolution.
             self.pending[ticket] = waiter
             self.client.tickets[ticket] = self
             self.unsent.add(ticket)
+            if front:
+                self.retries.add(ticket)
 
     def granted(self, ticket: int, name: str, via: Link) -> None:
         waiter = self.pending.pop(ticket, None)
@@ -198,8 +208,11 @@ class Broker:
             if waiter is not None and waiter.active:
                 self.pending[ticket] = waiter
                 self.client.tickets[ticket] = self
-                self._send_acquire(ticket)
+                self._send_acquire(ticket)  # still a retry if it was one
+            else:
+                self.retries.discard(ticket)
             return
+        self.retries.discard(ticket)
         self.leases[name] += 1
         waiter.active = False
         waiter.decided_by = self.link.member_id if self.link is not None else None
@@ -216,6 +229,7 @@ class Broker:
             self.client.resolve_soon()
             return
         del self.pending[ticket]
+        self.retries.discard(ticket)
         waiter.active = False
         waiter.refuse(status, "Too many requests are pending for this deployment; retry later.")
 
@@ -276,6 +290,8 @@ class TcpLink(asyncio.Protocol):
         self.connected = False
         self.closed = False
         self._flush_scheduled = False
+        self._state_requests: dict[int, asyncio.Future[dict | None]] = {}
+        self._next_state_request = 0
 
     async def connect(self) -> None:
         host, _, port = self.address.rpartition(":")
@@ -309,6 +325,24 @@ class TcpLink(asyncio.Protocol):
             broker = self.client.tickets.pop(ticket, None)
             if broker is not None:
                 broker.refused(ticket, status)
+        elif kind == p.STATE_REPLY:
+            request, document = p.unpack_state_reply(payload)
+            future = self._state_requests.pop(request, None)
+            if future is not None and not future.done():
+                future.set_result(document)
+
+    def request_state(self, dep: int) -> asyncio.Future[dict | None]:
+        """The coordinator's admin document of `dep` (None: it does not coordinate it, or the
+        link dropped first). The caller bounds the wait; a cancelled future is forgotten."""
+        self._next_state_request = request = (self._next_state_request + 1) & 0xFFFFFFFF
+        future: asyncio.Future[dict | None] = asyncio.get_running_loop().create_future()
+        self._state_requests[request] = future
+        future.add_done_callback(lambda _: self._state_requests.pop(request, None))
+        if self.closed:
+            future.set_result(None)
+        else:
+            self.send(p.state(request, dep))
+        return future
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
@@ -325,6 +359,9 @@ class TcpLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.connected = False
+        for future in list(self._state_requests.values()):
+            if not future.done():
+                future.set_result(None)
         self.client.link_lost(self)
 
     def close(self) -> None:

@@ -4,6 +4,10 @@ coordinator service, and the brokers that send every deployment's decisions to i
 Every `RESOLVE_INTERVAL_S` (and at once when a coordinator link drops) the node re-reads the
 membership, lets the elector claim free leases, and points each broker at the current holder of
 its deployment's lease: itself (no network hop) or another instance over one persistent link.
+
+The admin view of a deployment this instance does not coordinate is fetched from its coordinator
+(STATE over the same link, bounded by `STATE_TIMEOUT_S`): only there are the in-flight counts,
+the queue and the scaling state real.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from inferfront.cluster.membership import Elector, Member
-from inferfront.coordinator.broker import LOCAL_LINK, Broker, ClusterClient
+from inferfront.coordinator.broker import LOCAL_LINK, Broker, ClusterClient, TcpLink
 from inferfront.coordinator.service import CoordinatorService
 
 if TYPE_CHECKING:
@@ -28,6 +32,13 @@ RESOLVE_INTERVAL_S = 0.2
 # While some deployment has no reachable coordinator, look again this often: the new holder
 # usually claims the lease within one election tick of the old one's death.
 ORPHAN_RESOLVE_INTERVAL_S = 0.02
+# How long GET /admin/v1/deployments waits for other coordinators' views before it shows this
+# instance's own instead (marked): an admin page must answer even with a coordinator stuck.
+STATE_TIMEOUT_S = 0.5
+
+AUTHORITATIVE = "authoritative"  # this instance coordinates the deployment
+FETCHED = "fetched"  # from the coordinator, just now
+UNREACHABLE = "coordinator unreachable"  # this instance's own view: no answer in time
 
 
 def config_hash(keys: list[str], text: str) -> str:
@@ -138,6 +149,41 @@ class ClusterNode:
         broker.resend_unsent()
 
     # -- views ------------------------------------------------------------------------------
+
+    async def admin_overlays(self) -> dict[str, dict]:
+        """Deployment key -> what its admin view shows: "coordinator" (an instance id, or None)
+        and "view" (AUTHORITATIVE, FETCHED or UNREACHABLE); when fetched, the coordinator's
+        document too, which replaces this instance's own in-flight counts, queue and scaling."""
+        overlays: dict[str, dict] = {}
+        fetches: list[tuple[str, str, asyncio.Future[dict | None]]] = []
+        for broker in self.brokers:
+            link = broker.link
+            if broker.dep in self.service.roles:
+                overlays[broker.key] = {"coordinator": self.instance_id, "view": AUTHORITATIVE}
+            elif isinstance(link, TcpLink):
+                fetches.append((broker.key, link.member_id, link.request_state(broker.dep)))
+            else:
+                overlays[broker.key] = {
+                    "coordinator": self._holder_id(broker.key),
+                    "view": UNREACHABLE,
+                }
+        if fetches:
+            _, late = await asyncio.wait(
+                [future for *_, future in fetches], timeout=STATE_TIMEOUT_S
+            )
+            for future in late:
+                future.cancel()
+        for key, member_id, future in fetches:
+            document = None if future.cancelled() else future.result()
+            if document is None:
+                overlays[key] = {"coordinator": member_id, "view": UNREACHABLE}
+            else:
+                overlays[key] = {**document, "coordinator": member_id, "view": FETCHED}
+        return overlays
+
+    def _holder_id(self, key: str) -> str | None:
+        holder = self.membership.holder(key) if self.membership is not None else None
+        return holder.holder_id if holder is not None else None
 
     def snapshot(self) -> dict:
         membership = self.membership

@@ -8,14 +8,22 @@ layouts, and a front-end writes whatever it has in one `transport.write` per loo
 Frame: u32 length of what follows, u8 kind, payload.
 
   front-end -> coordinator
-    HELLO    json: {"instance", "config", "deployments": [ids], "leases": [[dep, replica, n], ...]}
-    ACQUIRE  u32 ticket, u16 deployment
-    CANCEL   u32 ticket, u16 deployment
-    RELEASE  u16 deployment, u8 n, replica name
-    FAILED   u16 deployment, u8 n, replica name, u8 refused   (could not connect to it)
+    HELLO          json: {"instance", "config", "deployments": [ids],
+                          "leases": [[dep, replica, n], ...]}
+    ACQUIRE        u32 ticket, u16 deployment
+    ACQUIRE_FRONT  u32 ticket, u16 deployment   (a retry: may jump the queue, waits at its front)
+    CANCEL         u32 ticket, u16 deployment
+    RELEASE        u16 deployment, u8 n, replica name
+    FAILED         u16 deployment, u8 n, replica name, u8 refused   (could not connect to it)
+    STATE          u32 request, u16 deployment  (admin: the coordinator's view of a deployment)
   coordinator -> front-end
-    GRANT    u32 ticket, u8 n, replica name
-    REJECT   u32 ticket, u16 status      (429: the deployment's queue is full; 503: not coordinator)
+    GRANT          u32 ticket, u8 n, replica name
+    REJECT         u32 ticket, u16 status  (429: the queue is full; 503: not the coordinator)
+    STATE_REPLY    u32 request, json: the deployment's admin document, or null if not coordinating
+
+A retry is a kind of its own rather than a flag on ACQUIRE: retries are rare, so the frame every
+request sends stays as small as it was. STATE is for the admin view only (never on a request's
+path), hence JSON.
 
 Deployments are numbered by their position in the sorted list of "endpoint/deployment" keys,
 which every instance derives from the same configuration (HELLO carries a hash to check).
@@ -28,12 +36,14 @@ import struct
 from collections.abc import Callable
 
 HELLO, ACQUIRE, CANCEL, RELEASE, GRANT, REJECT, FAILED = range(1, 8)
+ACQUIRE_FRONT, STATE, STATE_REPLY = range(8, 11)
 
 _HEAD = struct.Struct("!IB")
 _TICKET_DEP = struct.Struct("!IH")
 _DEP_NAME = struct.Struct("!HB")
 _TICKET_NAME = struct.Struct("!IB")
 _TICKET_STATUS = struct.Struct("!IH")
+_REQUEST = struct.Struct("!I")
 MAX_FRAME = 1 << 24
 
 
@@ -58,8 +68,9 @@ def hello(
     return frame(HELLO, json.dumps(doc).encode())
 
 
-def acquire(ticket: int, deployment: int) -> bytes:
-    return _HEAD.pack(7, ACQUIRE) + _TICKET_DEP.pack(ticket, deployment)
+def acquire(ticket: int, deployment: int, front: bool = False) -> bytes:
+    """Ask for a slot; `front` for a retry, which already waited its turn once."""
+    return _HEAD.pack(7, ACQUIRE_FRONT if front else ACQUIRE) + _TICKET_DEP.pack(ticket, deployment)
 
 
 def cancel(ticket: int, deployment: int) -> bytes:
@@ -96,6 +107,24 @@ def reject(ticket: int, status: int) -> bytes:
 
 def unpack_ticket_dep(payload: bytes) -> tuple[int, int]:
     return _TICKET_DEP.unpack(payload)
+
+
+def state(request: int, deployment: int) -> bytes:
+    return _HEAD.pack(7, STATE) + _TICKET_DEP.pack(request, deployment)
+
+
+def unpack_state(payload: bytes) -> tuple[int, int]:
+    return _TICKET_DEP.unpack(payload)
+
+
+def state_reply(request: int, document: dict | None) -> bytes:
+    body = json.dumps(document, separators=(",", ":"), default=str).encode()
+    return _HEAD.pack(5 + len(body), STATE_REPLY) + _REQUEST.pack(request) + body
+
+
+def unpack_state_reply(payload: bytes) -> tuple[int, dict | None]:
+    (request,) = _REQUEST.unpack_from(payload)
+    return request, json.loads(payload[_REQUEST.size :])
 
 
 def unpack_release(payload: bytes) -> tuple[int, bytes]:

@@ -9,6 +9,10 @@ Taking over a deployment, the coordinator rebuilds from facts, not guesses: the 
 already has (from the replica runtime's events) and the leases every live front-end reports in
 its HELLO. Until each live member has reported (bounded by `REBUILD_TIMEOUT_S`) it grants
 nothing, so a limit can never be exceeded by a slot it did not know was taken.
+
+A retry (a request whose replica refused its connection) arrives as ACQUIRE_FRONT: it already
+waited its turn once, so it may take a free slot ahead of the queue and otherwise waits at the
+queue's front, exactly as `SlotTable` treats a retry in one process.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from inferfront.admin.server import deployment_document
 from inferfront.coordinator import protocol as p
 from inferfront.routing.slots import QueueFull, Replica
 
@@ -149,16 +154,31 @@ class CoordinatorService:
 
     # -- in-process front-end (this instance's own requests) -------------------------------
 
-    def park_or_run(self, dep: int, action: Callable[[], None]) -> bool:
-        """Run `action` now if coordinating `dep`; park it while rebuilding. False if neither."""
+    def park_or_run(self, dep: int, action: Callable[[], None], front: bool = False) -> bool:
+        """Run `action` now if coordinating `dep`; park it while rebuilding (a retry, `front`,
+        ahead of the others, as it would stand in the queue). False if neither."""
         role = self.roles.get(dep)
         if role is None:
             return False
-        if role.rebuilding:
-            role.parked.append(action)
-        else:
+        if not role.rebuilding:
             action()
+        elif front:
+            role.parked.insert(0, action)
+        else:
+            role.parked.append(action)
         return True
+
+    # -- the admin view ---------------------------------------------------------------------
+
+    def describe(self, dep: int) -> dict | None:
+        """The deployment's admin document from this coordinator's table, for another
+        instance's admin view; None when this instance does not coordinate it. Response counters
+        are per instance, so they stay with each instance's own view."""
+        if dep not in self.roles:
+            return None
+        document = deployment_document(self.deployments[dep])
+        document.pop("responses", None)
+        return document
 
     # -- TCP front-ends ---------------------------------------------------------------------
 
@@ -189,7 +209,7 @@ class CoordinatorService:
                 if not role.awaiting:
                     self._finish_rebuild(dep)
 
-    def acquire(self, conn: FrontEndConnection, ticket: int, dep: int) -> None:
+    def acquire(self, conn: FrontEndConnection, ticket: int, dep: int, front: bool = False) -> None:
         if dep >= len(self.deployments) or dep not in self.roles:
             conn.send(p.reject(ticket, 503))
             return
@@ -199,7 +219,7 @@ class CoordinatorService:
                 conn.cancelled.discard(ticket)
                 return
             table = self.table(dep)
-            replica = table.try_acquire()
+            replica = table.try_acquire(front)
             if replica is not None:
                 conn.leases[(dep, replica.name)] += 1
                 conn.send(p.grant(ticket, replica.name.encode()))
@@ -207,14 +227,14 @@ class CoordinatorService:
             waiter = RemoteWaiter(conn, dep, ticket)
             conn.waiters[ticket] = waiter
             try:
-                table.enqueue(waiter)
+                table.enqueue(waiter, front)
             except QueueFull:
                 del conn.waiters[ticket]
                 conn.send(p.reject(ticket, 429))
                 return
             self.deployments[dep].queued_at_coordinator()
 
-        self.park_or_run(dep, run)
+        self.park_or_run(dep, run, front)
 
     def cancel(self, conn: FrontEndConnection, ticket: int, dep: int) -> None:
         waiter = conn.waiters.pop(ticket, None)
@@ -307,6 +327,12 @@ class FrontEndConnection(asyncio.Protocol):
         elif kind == p.FAILED:
             dep, name, refused = p.unpack_failed(payload)
             service.connect_failed(dep, name.decode(), refused)
+        elif kind == p.ACQUIRE_FRONT:
+            ticket, dep = p.unpack_ticket_dep(payload)
+            service.acquire(self, ticket, dep, front=True)
+        elif kind == p.STATE:
+            request, dep = p.unpack_state(payload)
+            self.send(p.state_reply(request, service.describe(dep)))
         else:
             raise p.ProtocolError(f"unexpected frame kind {kind}")
 

@@ -31,6 +31,7 @@ from tests.cluster import (
     cluster_config,
     cluster_factory,
     longest_gap,
+    send_and_hold,
 )
 from tests.conftest import ModelServerFactory
 from tests.helpers import ModelServerHandle, async_wait_until, peak_concurrency, underused_spans
@@ -50,7 +51,8 @@ def targets(cluster: Cluster) -> list[tuple[str, int]]:
 
 
 async def table_of(instance: ClusterInstance) -> dict[str, Any]:
-    """The deployment as `instance` sees it (on the coordinator: the cluster-wide table)."""
+    """The deployment as `instance` shows it: the coordinator's table, fetched from it by the
+    other instances (see the "view" field)."""
     document = await asyncio.to_thread(instance.deployments)
     return document["endpoints"][0]["deployments"][0]
 
@@ -236,6 +238,59 @@ async def test_instances_agree_and_log_who_decided(
             assert line["status"] == 200
             assert line["replica"] in {"blue-0", "blue-1"}, line
             assert line["decided_by"] == coordinator.instance_id, line
+
+
+async def test_every_instance_shows_the_coordinators_view_of_the_deployment(
+    inferfront_cluster: ClusterFactory, model_server: ModelServerFactory
+) -> None:
+    replicas = model_server.many(["r0", "r1"])
+    cluster, coordinator = await start_cluster(inferfront_cluster, replicas, limit=1)
+    b, c = (i for i in cluster.instances if i is not coordinator)
+    held = await send_and_hold(b.port, 2, "&mode=hang")  # both slots, taken through b
+    queued: list[Any] = []
+    try:
+        await wait_both_busy(replicas)
+        queued = await send_and_hold(c.port, 3, "&mode=hang")  # waiting at the coordinator
+
+        async def b_shows_them() -> dict[str, Any] | None:
+            document = await table_of(b)
+            shown = (document["view"], document["inflight"], document["queue_length"])
+            return document if shown == ("fetched", 2, 3) else None
+
+        document = await async_wait_until(b_shows_them, timeout=5.0, interval=0.01)
+        assert document["coordinator"] == coordinator.instance_id
+        assert sorted(r["inflight"] for r in document["replicas"]) == [1, 1]
+        assert document["limit_per_replica"] == 1
+        assert document["responses"] == {}  # b's own counters: nothing answered yet
+        own = await table_of(coordinator)
+        assert (own["view"], own["coordinator"]) == ("authoritative", coordinator.instance_id)
+        assert (own["inflight"], own["queue_length"]) == (2, 3)
+        seen_by_c = await table_of(c)
+        assert (seen_by_c["view"], seen_by_c["inflight"]) == ("fetched", 2)
+
+        # A coordinator that cannot answer: b shows what it knows itself, and says so.
+        coordinator.process.send_signal(signal.SIGSTOP)
+        try:
+            local = await table_of(b)
+        finally:
+            coordinator.process.send_signal(signal.SIGCONT)
+        assert (local["view"], local["coordinator"]) == (
+            "coordinator unreachable",
+            coordinator.instance_id,
+        )
+        assert local["inflight"] == 0  # b's own table: the counts live at the coordinator
+    finally:
+        for connection in [*queued, *held]:
+            connection.close()
+
+    async def all_given_back() -> bool:
+        document = await table_of(b)
+        return document["view"] == "fetched" and (
+            document["inflight"],
+            document["queue_length"],
+        ) == (0, 0)
+
+    await async_wait_until(all_given_back, timeout=5.0, interval=0.01)
 
 
 async def test_instances_can_share_one_request_port(

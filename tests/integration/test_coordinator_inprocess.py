@@ -4,7 +4,8 @@ Each `FrontEnd` is what one inferfront instance holds: its own `DeploymentState`
 real configuration), a `CoordinatorService` listening on 127.0.0.1, a `ClusterClient` and one
 `Broker` per deployment. The test plays the node's part (who coordinates what) by hand, and
 drives the brokers with `FakeWaiter`s the way the proxy's `Exchange` does: try_acquire, else
-enqueue; hold the slot; release.
+enqueue; hold the slot; release (and a retry: try_acquire(jump_queue=True), else
+enqueue(front=True)).
 """
 
 from __future__ import annotations
@@ -146,6 +147,16 @@ class FrontEnd:
             waiter.active = False
             waiter.refuse(429, "queue full")
 
+    def retry(self, dep: int, waiter: FakeWaiter) -> None:
+        """The proxy's way back in after a replica refused the connection: ahead of the queue."""
+        broker = self.brokers[dep]
+        replica = broker.try_acquire(jump_queue=True)
+        if replica is not None:
+            waiter.grant(replica)
+            return
+        waiter.active = True
+        broker.enqueue(waiter, front=True)
+
     def release(self, dep: int, waiter: FakeWaiter) -> None:
         assert waiter.replica is not None
         self.brokers[dep].release(waiter.replica)
@@ -228,8 +239,10 @@ async def coordinated_by(coordinator: FrontEnd, others: list[FrontEnd]) -> None:
     )
 
 
-def fill(front_end: FrontEnd, dep: int, count: int, label: str) -> list[FakeWaiter]:
-    waiters = [FakeWaiter(f"{label}{i}") for i in range(count)]
+def fill(
+    front_end: FrontEnd, dep: int, count: int, label: str, log: list[str] | None = None
+) -> list[FakeWaiter]:
+    waiters = [FakeWaiter(f"{label}{i}", log) for i in range(count)]
     for waiter in waiters:
         front_end.request(dep, waiter)
     return waiters
@@ -342,6 +355,39 @@ async def test_the_oldest_acquire_gets_the_first_freed_slot(make_front_ends) -> 
     await wait_for(lambda: table.inflight == 0, "the last slot released")
 
 
+async def test_a_retry_through_a_remote_coordinator_goes_before_older_waiters(
+    make_front_ends,
+) -> None:
+    a, b, c = await make_front_ends("a", "b", "c")
+    await coordinated_by(a, [b, c])
+    table = a.table(GREEN)  # one replica, one slot
+    holder = fill(a, GREEN, 1, "hold")[0]
+    assert holder.replica is not None
+
+    order: list[str] = []
+    arrivals = [(c, "c1"), (a, "a1"), (b, "b1")]
+    waiters = []
+    for position, (front_end, label) in enumerate(arrivals, start=1):
+        waiter = FakeWaiter(label, order)
+        front_end.request(GREEN, waiter)
+        waiters.append((front_end, waiter))
+        await wait_for(lambda n=position: table.queued == n, f"{label} queued")
+    # b's request is refused by its replica and retried: it already waited once.
+    retried = FakeWaiter("b-retry", order)
+    b.retry(GREEN, retried)
+    await wait_for(lambda: table.queued == 4, "the retry queued")
+    assert retried.replica is None  # the slot is taken: a retry waits too, but first in line
+
+    a.release(GREEN, holder)
+    for front_end, waiter in [(b, retried), *waiters]:
+        await settled(waiter)
+        assert table.replicas["green-0"].inflight == 1
+        front_end.release(GREEN, waiter)
+    assert order == ["b-retry", "c1", "a1", "b1"]
+    await wait_for(lambda: table.inflight == 0, "the last slot released")
+    assert not b.brokers[GREEN].retries
+
+
 async def test_cancel_while_queued(make_front_ends) -> None:
     a, b, c = await make_front_ends("a", "b", "c")
     await coordinated_by(a, [b, c])
@@ -448,10 +494,14 @@ class Scene:
     waiting: dict[str, FakeWaiter]  # by front-end id
 
 
-async def start_takeover_scene(make_front_ends) -> Scene:
-    """a coordinates; b holds 2 slots of blue, c 1, a 1 (full); c, d and b wait at a. Then a
-    dies and b gains every deployment, expecting reports from c and d."""
+async def start_takeover_scene(
+    make_front_ends, retry_from: Sequence[str] = (), log: list[str] | None = None
+) -> Scene:
+    """a coordinates; b holds 2 slots of blue, c 1, a 1 (full); c, d and b wait at a, then a
+    retry from each of `retry_from` (labelled "<id>r"). Then a dies and b gains every
+    deployment, expecting reports from c and d."""
     a, b, c, d = await make_front_ends("a", "b", "c", "d")
+    by_id = {"a": a, "b": b, "c": c, "d": d}
     await coordinated_by(a, [b, c, d])
     held_b = fill(b, BLUE, 2, "b")
     await settled(*held_b)
@@ -462,11 +512,15 @@ async def start_takeover_scene(make_front_ends) -> Scene:
     old_table = a.table(BLUE)
     assert old_table.inflight == 4
     waiting = {
-        "c": fill(c, BLUE, 1, "cw")[0],
-        "d": fill(d, BLUE, 1, "dw")[0],
-        "b": fill(b, BLUE, 1, "bw")[0],
+        "c": fill(c, BLUE, 1, "cw", log)[0],
+        "d": fill(d, BLUE, 1, "dw", log)[0],
+        "b": fill(b, BLUE, 1, "bw", log)[0],
     }
     await wait_for(lambda: old_table.queued == 3, "three requests wait at a")
+    for instance_id in retry_from:
+        waiting[f"{instance_id}r"] = retried = FakeWaiter(f"{instance_id}r", log)
+        by_id[instance_id].retry(BLUE, retried)
+    await wait_for(lambda: old_table.queued == 3 + len(retry_from), "the retries wait at a")
 
     a.die()
     for survivor in (b, c, d):
@@ -599,3 +653,76 @@ async def test_release_on_the_new_coordinator_during_its_rebuild(make_front_ends
     # b's own 1 + c's 1 in flight, plus the 2 waiters served from the 2 free slots.
     await wait_for(lambda: sum(w.replica is not None for w in waiting.values()) == 2, "two served")
     assert table.inflight == 4
+
+
+async def test_retries_stay_ahead_of_first_attempts_through_a_takeover(make_front_ends) -> None:
+    # b's retry waited at a; at the takeover b parks it in its own (rebuilding) coordinator.
+    # d retries while no coordinator answers; it asks b when it finds b. Both stay retries.
+    order: list[str] = []
+    scene = await start_takeover_scene(make_front_ends, retry_from=("b",), log=order)
+    b, c, d, waiting = scene.b, scene.c, scene.d, scene.waiting
+    role = b.service.roles[BLUE]
+    table = b.table(BLUE)
+    assert role.rebuilding
+    waiting["dr"] = d_retry = FakeWaiter("dr", order)
+    d.retry(BLUE, d_retry)
+    assert d.brokers[BLUE].unsent and d.brokers[BLUE].retries
+
+    await c.point_at(b)
+    await wait_for(lambda: len(role.parked) == 3, "b's two requests and c's one are parked")
+    await d.point_at(b)
+    await wait_for(lambda: not role.rebuilding, "d reported: rebuild done")
+    # a's slot, free since it died, goes to the oldest retry; the other retry leads the queue.
+    await wait_for(lambda: table.queued == 4, "d's requests queued at b")
+    assert order == ["br"]
+
+    owners = {"b": b, "c": c, "d": d}
+    holders = [(b, scene.held_b[0]), (b, scene.held_b[1]), (c, scene.held_c[0])]
+    holders.append((b, waiting["br"]))
+    for served, (front_end, holder) in enumerate(holders, start=2):
+        front_end.release(BLUE, holder)
+        await wait_for(lambda n=served: len(order) == n, f"grant number {served}")
+        assert all(r.inflight <= BLUE_LIMIT for r in table.replicas.values())
+    assert order == ["br", "dr", "bw0", "cw0", "dw0"]
+    for label, waiter in waiting.items():
+        if label != "br":
+            owners[label[0]].release(BLUE, waiter)
+    await wait_for(lambda: table.inflight == 0 and table.queued == 0, "all released at b")
+    for front_end in (b, c, d):
+        assert not front_end.brokers[BLUE].retries
+
+
+# -- the admin view over the link -------------------------------------------------------------
+
+
+async def test_a_front_end_reads_the_coordinators_view_over_its_link(make_front_ends) -> None:
+    a, b, c = await make_front_ends("a", "b", "c")
+    await coordinated_by(a, [b, c])
+    held = fill(b, GREEN, 1, "b")
+    await settled(*held)
+    fill(c, GREEN, 2, "c")
+    await wait_for(lambda: a.table(GREEN).queued == 2, "c's requests wait at a")
+    link = b.link()
+    assert link is not None
+
+    document = await asyncio.wait_for(link.request_state(GREEN), WAIT)
+    assert document is not None
+    assert (document["name"], document["inflight"], document["queue_length"]) == ("green", 1, 2)
+    assert document["replicas"] == [
+        {"name": "green-0", "address": "127.0.0.1:20000", "state": "ready", "inflight": 1}
+    ]
+    assert "responses" not in document  # counters stay with each instance
+    assert b.table(GREEN).inflight == 0  # what b alone would have shown
+
+    # An instance that does not coordinate the deployment says so.
+    other = await b.client.link_to(c.instance_id, c.address)
+    assert other is not None
+    assert await asyncio.wait_for(other.request_state(GREEN), WAIT) is None
+
+    # A request outstanding when the link drops is answered (None) at once, not at a timeout.
+    conn = a.connection_of(b)
+    assert conn is not None and conn.transport is not None
+    conn.transport.pause_reading()
+    pending = link.request_state(BLUE)
+    a.die()
+    assert await asyncio.wait_for(pending, WAIT) is None

@@ -41,6 +41,46 @@ def test_acquire_and_cancel_round_trip(ticket: int, dep: int) -> None:
         assert p.unpack_ticket_dep(payload) == (ticket, dep)
 
 
+@pytest.mark.parametrize("ticket", TICKETS)
+@pytest.mark.parametrize("dep", DEPLOYMENTS)
+def test_a_retry_acquire_round_trips_as_its_own_kind(ticket: int, dep: int) -> None:
+    kind, payload = decode_one(p.acquire(ticket, dep, front=True))
+    assert kind == p.ACQUIRE_FRONT
+    assert p.unpack_ticket_dep(payload) == (ticket, dep)
+    kind, payload = decode_one(p.acquire(ticket, dep, front=False))
+    assert kind == p.ACQUIRE
+    assert p.unpack_ticket_dep(payload) == (ticket, dep)
+
+
+def test_acquire_frames_keep_their_size() -> None:
+    # Every request sends one: the retry flag must not make the common frame any larger.
+    assert len(p.acquire(1, 2)) == len(p.acquire(1, 2, front=True)) == 11
+
+
+@pytest.mark.parametrize("request_id", TICKETS)
+@pytest.mark.parametrize("dep", DEPLOYMENTS)
+def test_state_request_round_trip(request_id: int, dep: int) -> None:
+    kind, payload = decode_one(p.state(request_id, dep))
+    assert kind == p.STATE
+    assert p.unpack_state(payload) == (request_id, dep)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        None,
+        {},
+        {"name": "blue", "inflight": 3, "queue_length": 0, "scaling": None},
+        {"replicas": [{"name": "réplica-ü", "address": None, "inflight": 0}], "x": 1.5},
+    ],
+)
+@pytest.mark.parametrize("request_id", (0, 0xFFFFFFFF))
+def test_state_reply_round_trip(request_id: int, document: dict | None) -> None:
+    kind, payload = decode_one(p.state_reply(request_id, document))
+    assert kind == p.STATE_REPLY
+    assert p.unpack_state_reply(payload) == (request_id, document)
+
+
 @pytest.mark.parametrize("name", REPLICA_NAMES)
 @pytest.mark.parametrize("dep", DEPLOYMENTS)
 def test_release_round_trip(dep: int, name: bytes) -> None:
@@ -72,6 +112,15 @@ def test_reject_round_trip(ticket: int, status: int) -> None:
     kind, payload = decode_one(p.reject(ticket, status))
     assert kind == p.REJECT
     assert p.unpack_reject(payload) == (ticket, status)
+
+
+def test_frame_kinds_are_distinct() -> None:
+    kinds = [
+        p.HELLO, p.ACQUIRE, p.CANCEL, p.RELEASE, p.GRANT, p.REJECT, p.FAILED,
+        p.ACQUIRE_FRONT, p.STATE, p.STATE_REPLY,
+    ]  # fmt: skip
+    assert len(set(kinds)) == len(kinds)
+    assert all(0 < kind < 256 for kind in kinds)
 
 
 def test_hello_round_trip() -> None:
@@ -115,6 +164,10 @@ def sample_stream() -> tuple[bytes, list[tuple[int, bytes]]]:
         p.reject(9, 429),
         p.grant(10, b""),
         p.acquire(0, 0xFFFF),
+        p.acquire(11, 1, front=True),
+        p.state(3, 1),
+        p.state_reply(3, {"inflight": 2, "replicas": []}),
+        p.state_reply(4, None),
     ]
     expected = [decode_one(frame) for frame in frames]
     return b"".join(frames), expected
@@ -125,6 +178,7 @@ def test_a_stream_of_frames_decodes_in_order() -> None:
     assert collect([stream]) == expected
     assert [kind for kind, _ in expected] == [
         p.HELLO, p.ACQUIRE, p.CANCEL, p.RELEASE, p.GRANT, p.REJECT, p.GRANT, p.ACQUIRE,
+        p.ACQUIRE_FRONT, p.STATE, p.STATE_REPLY, p.STATE_REPLY,
     ]  # fmt: skip
 
 
