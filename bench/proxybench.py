@@ -81,12 +81,14 @@ class Settings:
     scale_rows: tuple[ScaleRow, ...]
     idle_connections: int = 10_000
     wrk_connections: int = 32
-    hey_workers: int = 50
-    hey_rate_per_worker: int = 100
+    # 5,000 requests/s as 50 clients x 100/s: paced by h2load (the target's measure) and in
+    # hey's synchronized bursts (reported alongside).
+    open_loop_clients: int = 50
+    open_loop_rate_per_client: int = 100
 
     @property
     def run_s(self) -> int:
-        """Length of one wrk or hey run: the targets take turns, `rounds` times each."""
+        """Length of one wrk, h2load or hey run: the targets take turns, `rounds` times each."""
         return max(1, self.duration_s // self.rounds)
 
     def public(self) -> dict[str, Any]:
@@ -238,16 +240,18 @@ def _measure_paths(run: Run, paths: list[str]) -> None:
                 run.record_error(f"{path}: {error}")
                 run.results["closed_loop"][path] = {"error": str(error)}
                 run.results["open_loop"][path] = {"error": str(error)}
+                run.results["open_loop_bursts"][path] = {"error": str(error)}
                 continue
             targets[path] = port
         closed = {path: Target(port, (BENCH_ENDPOINT_PATH,)) for path, port in targets.items()}
         run.results["closed_loop"].update(_closed_loop(run, "closed loop", closed))
-        run.results["open_loop"].update(_open_loop(run, targets))
+        run.results["open_loop"].update(_open_loop(run, targets, bursts=False))
+        run.results["open_loop_bursts"].update(_open_loop(run, targets, bursts=True))
     finally:
         for child in started:
             run.children.stop(child)
     # Keep the report's row order independent of which path failed first.
-    for section in ("closed_loop", "open_loop"):
+    for section in ("closed_loop", "open_loop", "open_loop_bursts"):
         measured = run.results[section]
         run.results[section] = {path: measured[path] for path in PATHS if path in measured}
 
@@ -360,24 +364,27 @@ def _closed_loop(run: Run, what: str, targets: dict[str, Target]) -> dict[str, d
     return results
 
 
-def _open_loop(run: Run, ports: dict[str, int]) -> dict[str, dict[str, Any]]:
+def _open_loop(run: Run, ports: dict[str, int], bursts: bool) -> dict[str, dict[str, Any]]:
+    """Latency at a fixed rate: evenly paced (h2load), or in synchronized bursts (hey)."""
     settings = run.settings
+    clients, rate = settings.open_loop_clients, settings.open_loop_rate_per_client
 
     def measure_once(name: str) -> loadgen.OpenLoopSample:
-        sample = loadgen.run_hey(
-            ports[name],
-            BENCH_ENDPOINT_PATH,
-            settings.run_s,
-            settings.hey_workers,
-            settings.hey_rate_per_worker,
-        )
+        port = ports[name]
+        if bursts:
+            sample = loadgen.run_hey(port, BENCH_ENDPOINT_PATH, settings.run_s, clients, rate)
+        else:
+            sample = loadgen.run_h2load_paced(
+                port, BENCH_ENDPOINT_PATH, settings.run_s, run.workdir, clients, rate
+            )
         log(f"  {len(sample.latencies_ms) / sample.duration_s:,.0f}/s answered")
         return sample
 
     def summarize(samples: list[loadgen.OpenLoopSample]) -> dict[str, Any]:
         return asdict(loadgen.summarize_open_loop(samples))
 
-    return _take_turns(run, "open loop", list(ports), measure_once, summarize)
+    what = "open loop, bursts" if bursts else "open loop, paced"
+    return _take_turns(run, what, list(ports), measure_once, summarize)
 
 
 def _measure_scale(run: Run) -> None:
@@ -502,6 +509,7 @@ def _new_results(settings: Settings, open_files: int) -> dict[str, Any]:
         "settings": settings.public(),
         "closed_loop": {},
         "open_loop": {},
+        "open_loop_bursts": {},
         "errors": [],
     }
 
@@ -530,13 +538,14 @@ def _git_commit() -> str | None:
 
 def _tool_versions() -> dict[str, str]:
     # First words only: "nginx version: nginx/1.22.1" -> "nginx/1.22.1", "wrk debian/4.1.0 [epoll]
-    # Copyright..." -> "debian/4.1.0"; hey has no version flag, its Debian package has one.
+    # Copyright..." -> "debian/4.1.0"; hey and h2load have no version flag, their packages have one.
     nginx = _command_output(["nginx", "-v"]) or _command_output(["/usr/sbin/nginx", "-v"])
     wrk = _command_output(["wrk", "-v"])
     versions = {
         "nginx": nginx.rsplit(" ", 1)[-1] if nginx else None,
         "wrk": wrk.split()[1] if wrk and len(wrk.split()) > 1 else None,
         "hey": _command_output(["dpkg-query", "-W", "-f=${Version}", "hey"]),
+        "h2load": _command_output(["dpkg-query", "-W", "-f=${Version}", "nghttp2-client"]),
     }
     return {name: text for name, text in versions.items() if text}
 

@@ -22,6 +22,7 @@ install_packages() {
     have nginx || wanted+=("$nginx_package")
     have wrk || wanted+=(wrk)
     have hey || wanted+=(hey)
+    have h2load || wanted+=(nghttp2-client)
     # Debian starts a service when its package is installed unless policy-rc.d says no.
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
@@ -35,8 +36,8 @@ install_packages() {
     return "$status"
 }
 
-if ! have nginx || ! have wrk || ! have hey; then
-    echo "[bench] installing missing load tools (nginx, wrk, hey)" >&2
+if ! have nginx || ! have wrk || ! have hey || ! have h2load; then
+    echo "[bench] installing missing load tools (nginx, wrk, hey, h2load)" >&2
     install_packages
 fi
 

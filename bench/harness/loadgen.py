@@ -1,5 +1,6 @@
-"""Load generators: wrk for closed-loop throughput, hey for latency at a fixed rate, and an asyncio
-client that holds thousands of idle keep-alive connections open."""
+"""Load generators: wrk for closed-loop throughput; h2load for latency at a fixed, evenly paced
+rate; hey for the same rate sent in synchronized bursts; and an asyncio client that holds
+thousands of idle keep-alive connections open."""
 
 from __future__ import annotations
 
@@ -141,12 +142,60 @@ def _parse_wrk(output: str) -> ClosedLoopResult:
 def run_hey(
     port: int, path: str, duration_s: int, workers: int = 50, rate_per_worker: int = 100
 ) -> OpenLoopSample:
-    """`hey -z Ns -c 50 -q 100` (50 workers x 100 requests/s each) POSTing the 20-byte body."""
+    """`hey -z Ns -c 50 -q 100` (50 workers x 100 requests/s each) POSTing the 20-byte body.
+
+    hey paces each worker with its own ticker and starts them all together, so the 50 requests of
+    each 10 ms leave within microseconds of each other: a burst test, not an evenly paced rate.
+    """
     argv = [find_executable("hey"), "-z", f"{duration_s}s", "-c", str(workers)]
     argv += ["-q", str(rate_per_worker), "-m", "POST", "-d", REQUEST_BODY.decode()]
     argv += ["-T", "application/json", "-o", "csv", f"http://127.0.0.1:{port}{path}"]
     output = _run(argv, timeout_s=duration_s + 60)
     return _parse_hey_csv(output, duration_s, workers * rate_per_worker)
+
+
+def run_h2load_paced(
+    port: int,
+    path: str,
+    duration_s: int,
+    workdir: Path,
+    clients: int = 50,
+    rate_per_client: int = 100,
+) -> OpenLoopSample:
+    """`h2load --h1 --rps`: `clients` keep-alive connections, each sending `rate_per_client`
+    requests/s, started one per millisecond so that their send times interleave.
+
+    This is what a fixed rate means: requests spread over time. (hey's per-worker tickers all start
+    together, so its requests leave in bursts of `clients` at once: see `run_hey`.) With the start
+    times one millisecond apart, each millisecond sees a group of about
+    clients / (1000 / rate_per_client) arrivals (h2load's start times are whole milliseconds).
+    """
+    body = workdir / "h2load-body.json"
+    body.write_bytes(REQUEST_BODY)
+    log_file = workdir / "h2load-requests.tsv"
+    log_file.unlink(missing_ok=True)  # h2load appends
+    argv = [find_executable("h2load"), "--h1", "-c", str(clients), "--rps", str(rate_per_client)]
+    argv += ["-n", str(duration_s * clients * rate_per_client), "-r", "1", "--rate-period", "1ms"]
+    argv += ["-d", str(body), "-H", "content-type: application/json"]
+    argv += ["--log-file", str(log_file), f"http://127.0.0.1:{port}{path}"]
+    _run(argv, timeout_s=duration_s + 60)
+    return _parse_h2load_log(log_file.read_text(), clients * rate_per_client)
+
+
+def _parse_h2load_log(text: str, target_rate: float) -> OpenLoopSample:
+    # Columns: start (us since the epoch), status, microseconds until the end of the response.
+    # A request that failed on the socket has no row, so it shows as a lower rate.
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()]
+    if len(rows) < 2:
+        raise HarnessError(f"h2load logged {len(rows)} requests")
+    starts = [int(row[0]) for row in rows]
+    span_s = (max(starts) - min(starts)) / 1e6
+    return OpenLoopSample(
+        target_rate=target_rate,
+        duration_s=span_s * len(rows) / (len(rows) - 1),  # n starts span n - 1 intervals
+        latencies_ms=[int(row[2]) / 1000 for row in rows],
+        non_2xx=sum(1 for row in rows if not row[1].startswith("2")),
+    )
 
 
 def _parse_hey_csv(output: str, duration_s: int, target_rate: float) -> OpenLoopSample:

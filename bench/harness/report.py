@@ -46,6 +46,7 @@ def build_report(results: Results) -> tuple[str, list[dict[str, str]]]:
         _header(results),
         _closed_loop_section(results, checks),
         _open_loop_section(results, checks),
+        _bursts_section(results),
         _scale_section(results, checks),
         _memory_section(results, checks),
     ]
@@ -150,6 +151,42 @@ def _open_loop_section(results: Results, checks: list[Check]) -> str:
     if not measured:
         return ""
     settings = results["settings"]
+    clients, per_client = settings["open_loop_clients"], settings["open_loop_rate_per_client"]
+    title = (
+        f"## Open loop at {clients * per_client:,}/s, evenly paced: h2load --h1 -c {clients} "
+        f"--rps {per_client} for {_run_s(settings)} s, POST 20-byte JSON"
+    )
+    period_ms = 1000 // per_client
+    note = (
+        f"{clients} keep-alive clients, each sending {per_client} requests/s, started one per "
+        f"millisecond so that their requests interleave: every millisecond a group of about "
+        f"{clients // period_ms} arrives, where hey (below) sends all {clients} at once every "
+        f"{period_ms} ms."
+    )
+    return f"{title}\n\n{note}\n\n" + _latency_table(measured, checks, "open loop")
+
+
+def _bursts_section(results: Results) -> str:
+    measured = results.get("open_loop_bursts", {})
+    if not measured:
+        return ""
+    settings = results["settings"]
+    clients, per_client = settings["open_loop_clients"], settings["open_loop_rate_per_client"]
+    title = (
+        f"## The same rate in bursts: hey -z {_run_s(settings)}s -c {clients} -q {per_client}, "
+        "POST 20-byte JSON"
+    )
+    note = (
+        f"hey starts its {clients} workers' tickers together, so every {1000 // per_client} ms "
+        f"{clients} requests arrive within microseconds: the later ones of each burst wait for "
+        "the proxy to handle the earlier ones, and the added latency grows with the CPU time a "
+        "proxy spends per request. No target: shown to compare proxies under bursts."
+    )
+    return f"{title}\n\n{note}\n\n" + _latency_table(measured, None, "bursts")
+
+
+def _latency_table(measured: Mapping[str, Any], checks: list[Check] | None, section: str) -> str:
+    """Rows per path; with `checks`, the routers' rows are judged against the targets."""
     direct = measured.get("direct")
     direct = None if direct is None or "error" in direct else direct
     target = (
@@ -161,17 +198,17 @@ def _open_loop_section(results: Results, checks: list[Check]) -> str:
         label = PATH_LABELS[path]
         if "error" in result:
             rows.append([label, *["-"] * 6, "NOT MEASURED: " + _first_line(result)])
-            if path in ROUTER_PATHS:
-                checks.append(Check("open loop", label, target, "NOT MEASURED"))
+            if checks is not None and path in ROUTER_PATHS:
+                checks.append(Check(section, label, target, "NOT MEASURED"))
             continue
         added_avg = result["average_ms"] - direct["average_ms"] if direct else None
         added_p99 = result["p99_ms"] - direct["p99_ms"] if direct else None
         row_target, verdict = "-", "-"
-        if path in ROUTER_PATHS:
+        if checks is not None and path in ROUTER_PATHS:
             row_target = target
             verdict = _open_loop_verdict(result, direct, added_avg, added_p99)
             detail = f"added {_fmt_ms(added_avg)} avg, {_fmt_ms(added_p99)} p99"
-            checks.append(Check("open loop", label, target, verdict, detail))
+            checks.append(Check(section, label, target, verdict, detail))
         elif result["non_2xx"]:
             verdict = f"{result['non_2xx']} non-2xx"
         rows.append(
@@ -186,11 +223,6 @@ def _open_loop_section(results: Results, checks: list[Check]) -> str:
                 verdict,
             ]
         )
-    rate = settings["hey_workers"] * settings["hey_rate_per_worker"]
-    title = (
-        f"## Open loop at {rate:,}/s: hey -z {_run_s(settings)}s "
-        f"-c {settings['hey_workers']} -q {settings['hey_rate_per_worker']}, POST 20-byte JSON"
-    )
     header = [
         "path",
         "achieved/s",
@@ -201,7 +233,7 @@ def _open_loop_section(results: Results, checks: list[Check]) -> str:
         "target",
         "result",
     ]
-    return title + "\n\n" + _table(header, rows, numeric_columns={1, 2, 3, 4, 5})
+    return _table(header, rows, numeric_columns={1, 2, 3, 4, 5})
 
 
 def _open_loop_verdict(
