@@ -32,6 +32,7 @@ from bench.harness.procs import (
     HarnessError,
     PortAllocator,
     cpu_busy_fraction,
+    cpu_seconds,
     exit_cleanly_on_termination_signals,
     open_fd_count,
     process_tree,
@@ -164,6 +165,7 @@ class Run:
     open_files: int
     results: dict[str, Any]
     model_ports: list[int] = field(default_factory=list)
+    model_pid: int | None = None
 
     def record_error(self, message: str) -> None:
         log("ERROR: " + message)
@@ -209,7 +211,8 @@ def _run_all(run: Run) -> None:
     try:
         run.model_ports = run.ports.take(_replica_ports_needed(run.settings))
         log(f"starting the model (nginx) on {len(run.model_ports)} port(s)")
-        servers.start_model(run.children, run.workdir, run.model_ports, run.open_files)
+        model = servers.start_model(run.children, run.workdir, run.model_ports, run.open_files)
+        run.model_pid = model.pid
     except HarnessError as error:
         run.record_error(f"model nginx: {error}")
         return
@@ -231,10 +234,11 @@ def _measure_paths(run: Run, paths: list[str]) -> None:
     """Closed loop, then open loop, over the paths taking turns; servers started once."""
     started: list[Child] = []
     targets: dict[str, int] = {}
+    closed: dict[str, Target] = {}
     try:
         for path in paths:
             try:
-                port = _start_path(run, path, started)
+                port, proxy = _start_path(run, path, started)
                 servers.check_answers_like_the_model(port, BENCH_ENDPOINT_PATH)
             except HarnessError as error:
                 run.record_error(f"{path}: {error}")
@@ -243,7 +247,7 @@ def _measure_paths(run: Run, paths: list[str]) -> None:
                 run.results["open_loop_bursts"][path] = {"error": str(error)}
                 continue
             targets[path] = port
-        closed = {path: Target(port, (BENCH_ENDPOINT_PATH,)) for path, port in targets.items()}
+            closed[path] = Target(port, (BENCH_ENDPOINT_PATH,), proxy.pid if proxy else None)
         run.results["closed_loop"].update(_closed_loop(run, "closed loop", closed))
         run.results["open_loop"].update(_open_loop(run, targets, bursts=False))
         run.results["open_loop_bursts"].update(_open_loop(run, targets, bursts=True))
@@ -256,10 +260,10 @@ def _measure_paths(run: Run, paths: list[str]) -> None:
         run.results[section] = {path: measured[path] for path in PATHS if path in measured}
 
 
-def _start_path(run: Run, path: str, started: list[Child]) -> int:
-    """Start what serves `path` (adding it to `started`) and return the port to load."""
+def _start_path(run: Run, path: str, started: list[Child]) -> tuple[int, Child | None]:
+    """Start what serves `path` (adding it to `started`): the port to load and the proxy."""
     if path == "direct":
-        return run.model_ports[0]
+        return run.model_ports[0], None
     port = run.ports.take_one()
     if path == "nginx":
         log("starting nginx as reverse proxy")
@@ -268,13 +272,13 @@ def _start_path(run: Run, path: str, started: list[Child]) -> int:
                 run.children, run.workdir, port, run.model_ports[0], run.open_files
             )
         )
-        return port
+        return port, started[-1]
     log(f"starting {path}")
     config = servers.router_config(["bench"], run.model_ports[:1])
     workers = WORKER_PATHS.get(path)
     extra = ("--workers", str(workers)) if workers else ()
     started.append(_start_router(run, path, config, port, extra))
-    return port
+    return port, started[-1]
 
 
 def _start_router(
@@ -295,10 +299,12 @@ def _start_router(
 
 @dataclass(frozen=True)
 class Target:
-    """Where one closed-loop measurement sends its load: a port and the paths to cycle over."""
+    """Where one closed-loop measurement sends its load: a port and the paths to cycle over;
+    and the proxy's process (None: the model itself), whose CPU time per request is recorded."""
 
     port: int
     paths: Sequence[str]
+    proxy_pid: int | None = None
 
 
 S = TypeVar("S")
@@ -349,16 +355,29 @@ def _closed_loop(run: Run, what: str, targets: dict[str, Target]) -> dict[str, d
             run.record_error(f"{what} {name} (warm-up): {error}")
             results[name] = {"error": str(error)}
 
-    def measure_once(name: str) -> loadgen.ClosedLoopResult:
+    def measure_once(name: str) -> tuple[loadgen.ClosedLoopResult, float | None, float]:
         target = warmed[name]
+        proxy_before, model_before = cpu_seconds(target.proxy_pid), cpu_seconds(run.model_pid)
         result = loadgen.run_wrk(
             target.port, target.paths, settings.run_s, run.workdir, connections
         )
+        proxy_s = cpu_seconds(target.proxy_pid) - proxy_before
+        model_s = cpu_seconds(run.model_pid) - model_before
         log(f"  {result.requests_per_s:,.0f} requests/s, {result.errors} errors")
-        return result
+        return result, (proxy_s if target.proxy_pid else None), model_s
 
-    def summarize(parts: list[loadgen.ClosedLoopResult]) -> dict[str, Any]:
-        return asdict(loadgen.combine_closed_loop(parts))
+    def summarize(parts: list[tuple[loadgen.ClosedLoopResult, float | None, float]]) -> dict:
+        combined = loadgen.combine_closed_loop([result for result, _, _ in parts])
+        requests = max(1, combined.requests)
+        proxy_times = [proxy_s for _, proxy_s, _ in parts if proxy_s is not None]
+        model_s = sum(model_s for _, _, model_s in parts)
+        return {
+            **asdict(combined),
+            # CPU time per request (user + system, from /proc): the work each process does per
+            # request, which a busy neighbour changes far less than throughput.
+            "proxy_cpu_us_per_request": sum(proxy_times) / requests * 1e6 if proxy_times else None,
+            "model_cpu_us_per_request": model_s / requests * 1e6,
+        }
 
     results.update(_take_turns(run, what, list(warmed), measure_once, summarize))
     return results
@@ -401,13 +420,13 @@ def _measure_scale(run: Run) -> None:
     rows = []
     try:
         for row in run.settings.scale_rows:
-            rows.append({**asdict(row), **_scale_row(run, row, base_port)})
+            rows.append({**asdict(row), **_scale_row(run, row, base_port, base.pid)})
     finally:
         run.children.stop(base)
     run.results["scale"] = {"rows": rows}
 
 
-def _scale_row(run: Run, row: ScaleRow, base_port: int) -> dict[str, Any]:
+def _scale_row(run: Run, row: ScaleRow, base_port: int, base_pid: int) -> dict[str, Any]:
     names = servers.endpoint_names(row.endpoints)
     paths = [servers.ENDPOINT_PATH.format(name=name) for name in names]
     config = servers.router_config(names, run.model_ports[: row.replicas])
@@ -422,8 +441,8 @@ def _scale_row(run: Run, row: ScaleRow, base_port: int) -> dict[str, Any]:
         for path in dict.fromkeys([paths[0], paths[-1]]):
             servers.check_answers_like_the_model(port, path)
         targets = {
-            "base": Target(base_port, (BENCH_ENDPOINT_PATH,)),
-            "row": Target(port, paths),
+            "base": Target(base_port, (BENCH_ENDPOINT_PATH,), base_pid),
+            "row": Target(port, paths, router.pid),
         }
         measured = _closed_loop(run, f"scale {row.label}", targets)
     except HarnessError as error:

@@ -28,10 +28,61 @@ REFUSED_FAILURES_TO_UNROUTE = 1
 OTHER_FAILURES_TO_UNROUTE = 3
 
 
+class DeadlineQueues:
+    """Requests under way with their deadlines, one insertion-ordered queue per distinct
+    request timeout, shared by every deployment with that timeout.
+
+    Arrival order is deadline order within a queue, so the proxy's sweep only looks at the front
+    of each. Sharing matters with many deployments: a request touches one queue that every
+    request keeps warm, and the sweep visits a handful of queues instead of every deployment.
+    """
+
+    __slots__ = ("by_timeout",)
+
+    def __init__(self) -> None:
+        self.by_timeout: dict[float, OrderedDict[Exchange, float]] = {}
+
+    def for_timeout(self, timeout_s: float) -> OrderedDict[Exchange, float]:
+        queue = self.by_timeout.get(timeout_s)
+        if queue is None:
+            queue = self.by_timeout[timeout_s] = OrderedDict()
+        return queue
+
+
 class DeploymentState:
     """One deployment of one endpoint, as the data plane sees it."""
 
-    def __init__(self, endpoint: str, config: Deployment, pools: UpstreamPools) -> None:
+    # Slots keep the attributes a request reads in the object itself (one cache line fewer to
+    # fetch per object: with 1,000 endpoints each request finds its deployment cold).
+    __slots__ = (
+        "_connect_failures",
+        "_pools",
+        "_was_ready",
+        "config",
+        "deadlines",
+        "endpoint",
+        "key",
+        "name",
+        "name_bytes",
+        "pools",
+        "queue_wait_s",
+        "runtime",
+        "scaler",
+        "scales_from_zero",
+        "scoring_route",
+        "slots",
+        "stats",
+        "table",
+        "timeout_s",
+    )
+
+    def __init__(
+        self,
+        endpoint: str,
+        config: Deployment,
+        pools: UpstreamPools,
+        deadlines: DeadlineQueues | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.name = config.name
         self.config = config
@@ -55,9 +106,9 @@ class DeploymentState:
         self._connect_failures: dict[str, int] = {}
         self._was_ready: set[str] = set()  # replicas that have been ready at least once
         self.scaler = None  # set by the autoscaler when the deployment is scaled
-        # Requests under way, oldest first, with their deadlines (one timeout per deployment,
-        # so arrival order is deadline order): the proxy's sweep pops the expired ones.
-        self.deadlines: OrderedDict[Exchange, float] = OrderedDict()
+        # Requests under way, oldest first, with their deadlines: the queue shared by every
+        # deployment with this timeout, whose front the proxy's sweep pops when expired.
+        self.deadlines = (deadlines or DeadlineQueues()).for_timeout(self.timeout_s)
 
     # -- ReplicaEvents (called by the runtime) ----------------------------------------------
 
@@ -133,13 +184,27 @@ class DeploymentState:
 class EndpointState:
     """One endpoint: its key check, traffic split, mirror and deployments."""
 
-    def __init__(self, config: Endpoint, pools: UpstreamPools) -> None:
+    __slots__ = (
+        "_authorizations",
+        "_by_name",
+        "auth_required",
+        "config",
+        "deployments",
+        "mirror",
+        "name",
+        "split",
+    )
+
+    def __init__(
+        self, config: Endpoint, pools: UpstreamPools, deadlines: DeadlineQueues | None = None
+    ) -> None:
         self.name = config.name
         self.config = config
         self.auth_required = config.auth_mode == "key"
         self._authorizations = tuple(b"Bearer " + key.encode() for key in config.accepted_keys)
         self.deployments: dict[bytes, DeploymentState] = {
-            d.name.encode(): DeploymentState(config.name, d, pools) for d in config.deployments
+            d.name.encode(): DeploymentState(config.name, d, pools, deadlines)
+            for d in config.deployments
         }
         self._by_name = {d.name: d for d in self.deployments.values()}
         self.split = TrafficSplit(dict(config.traffic))
@@ -173,8 +238,9 @@ class Endpoints:
 
     def __init__(self, configs: list[Endpoint]) -> None:
         self.pools = UpstreamPools()
+        self.deadlines = DeadlineQueues()
         self.by_name: dict[bytes, EndpointState] = {
-            c.name.encode(): EndpointState(c, self.pools) for c in configs
+            c.name.encode(): EndpointState(c, self.pools, self.deadlines) for c in configs
         }
 
     def deployments(self) -> Iterator[DeploymentState]:

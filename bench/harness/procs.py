@@ -209,6 +209,23 @@ def process_tree(root_pid: int) -> list[int]:
     return tree
 
 
+def cpu_seconds(root_pid: int | None) -> float:
+    """User + system CPU time used so far by `root_pid` and its live descendants (0 for None).
+
+    Per-request CPU is the steadiest figure on a noisy machine: a neighbour's load slows a
+    process down but hardly changes the work it does per request."""
+    if root_pid is None:
+        return 0.0
+    ticks = 0
+    for pid in process_tree(root_pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def status_kib(pid: int, key: str) -> int:
     """A `kB` field of /proc/PID/status (VmRSS, VmHWM), 0 when the process is gone."""
     try:

@@ -104,7 +104,7 @@ def _closed_loop_section(results: Results, checks: list[Check]) -> str:
     for path, result in measured.items():
         label = PATH_LABELS[path]
         if "error" in result:
-            rows.append([label, "-", "-", "-", "-", "NOT MEASURED: " + _first_line(result)])
+            rows.append([label, *["-"] * 6, "NOT MEASURED: " + _first_line(result)])
             if path in ROUTER_PATHS:
                 checks.append(Check("closed loop", label, _throughput_target(), "NOT MEASURED"))
             continue
@@ -122,6 +122,8 @@ def _closed_loop_section(results: Results, checks: list[Check]) -> str:
                 f"{result['requests_per_s']:,.0f}",
                 _fmt_ratio(ratio),
                 str(result["errors"]),
+                _fmt_us(result.get("proxy_cpu_us_per_request")),
+                _fmt_us(result.get("model_cpu_us_per_request")),
                 target,
                 verdict,
             ]
@@ -130,8 +132,21 @@ def _closed_loop_section(results: Results, checks: list[Check]) -> str:
         f"## Closed loop: wrk -t1 -c{settings['wrk_connections']} -d{_run_s(settings)}s, "
         "POST 20-byte JSON"
     )
-    header = ["path", "requests/s", "vs nginx-proxy", "errors", "target", "result"]
-    return title + "\n\n" + _table(header, rows, numeric_columns={1, 2, 3})
+    note = (
+        "CPU per request: user + system time of the proxy's processes and of the model's, from "
+        "/proc, over the requests served (a steadier figure than throughput on a shared machine)."
+    )
+    header = [
+        "path",
+        "requests/s",
+        "vs nginx-proxy",
+        "errors",
+        "proxy CPU us/request",
+        "model CPU us/request",
+        "target",
+        "result",
+    ]
+    return f"{title}\n\n{note}\n\n" + _table(header, rows, numeric_columns={1, 2, 3, 4, 5})
 
 
 def _throughput_target() -> str:
@@ -270,7 +285,7 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         label, result, base = row["label"], row["result"], row["base"]
         if "error" in result or "error" in base:
             reason = _first_line(result if "error" in result else base)
-            rows.append([label, "-", "-", "-", target, "NOT MEASURED: " + reason])
+            rows.append([label, *["-"] * 5, target, "NOT MEASURED: " + reason])
             checks.append(Check("scale", label, target, "NOT MEASURED", reason))
             continue
         ratio = result["requests_per_s"] / base["requests_per_s"]
@@ -282,6 +297,8 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
                 f"{result['requests_per_s']:,.0f}",
                 f"{base['requests_per_s']:,.0f}",
                 _fmt_ratio(ratio),
+                _cpu_pair(result, base, "proxy_cpu_us_per_request"),
+                _cpu_pair(result, base, "model_cpu_us_per_request"),
                 target,
                 verdict,
             ]
@@ -290,10 +307,26 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         "Base: a second router with 1 replica and 1 endpoint, running at the same time and taking "
         "turns with the configuration measured. Replica rows: one endpoint whose deployment lists "
         "N model addresses (one nginx listening on N ports). Endpoint rows: N endpoints, one "
-        "replica each, requests spread over them round robin."
+        "replica each, requests spread over them round robin. CPU per request (user + system, "
+        "from /proc) as row / base: the router's, and the model nginx's serving the same requests "
+        "on the other end of the router's connections."
     )
-    header = ["configuration", "requests/s", "base requests/s", "vs base", "target", "result"]
-    return f"{title}\n\n{explanation}\n\n{_table(header, rows, numeric_columns={1, 2, 3})}"
+    header = [
+        "configuration",
+        "requests/s",
+        "base requests/s",
+        "vs base",
+        "router CPU us/request",
+        "model CPU us/request",
+        "target",
+        "result",
+    ]
+    table = _table(header, rows, numeric_columns={1, 2, 3, 4, 5})
+    return f"{title}\n\n{explanation}\n\n{table}"
+
+
+def _cpu_pair(result: Mapping[str, Any], base: Mapping[str, Any], key: str) -> str:
+    return f"{_fmt_us(result.get(key))} / {_fmt_us(base.get(key))}"
 
 
 def _scale_verdict(result: Mapping[str, Any], base: Mapping[str, Any], ratio: float) -> str:
@@ -366,6 +399,10 @@ def _rate(result: Mapping[str, Any] | None) -> float | None:
 
 def _fmt_ratio(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def _fmt_us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _fmt_ms(value: float | None) -> str:

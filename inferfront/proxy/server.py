@@ -41,7 +41,7 @@ class Proxy:
         self.connections: set[ClientConnection] = set()
         self.mirrors = MirrorSender(self.loop, limits.replay_buffer_bytes)
         self.server: asyncio.AbstractServer | None = None
-        self._deployments = list(endpoints.deployments())
+        self._deadline_queues = endpoints.deadlines.by_timeout.values()
         self._sweep = self.loop.call_later(DEADLINE_SWEEP_S, self._sweep_deadlines)
 
     def _sweep_deadlines(self) -> None:
@@ -49,8 +49,7 @@ class Proxy:
         request (creating and cancelling a uvloop timer costs ~2 us on every request; a 504
         may come up to DEADLINE_SWEEP_S late instead)."""
         now = perf_counter()
-        for deployment in self._deployments:
-            deadlines = deployment.deadlines
+        for deadlines in self._deadline_queues:
             while deadlines:
                 exchange, deadline = next(iter(deadlines.items()))
                 if deadline > now:

@@ -49,6 +49,18 @@ class QueueFull(Exception):
 class SlotTable:
     """Replicas of one deployment, their requests in flight, and the FIFO queue of waiters."""
 
+    __slots__ = (
+        "_levels",
+        "_lowest",
+        "_queue",
+        "inflight",
+        "limit",
+        "max_queued",
+        "queued",
+        "ready_count",
+        "replicas",
+    )
+
     def __init__(self, limit: int, max_queued: int) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
