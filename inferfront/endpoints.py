@@ -187,6 +187,7 @@ class EndpointState:
     __slots__ = (
         "_authorizations",
         "_by_name",
+        "_only",
         "auth_required",
         "config",
         "deployments",
@@ -208,6 +209,9 @@ class EndpointState:
         }
         self._by_name = {d.name: d for d in self.deployments.values()}
         self.split = TrafficSplit(dict(config.traffic))
+        # The usual endpoint sends all its traffic to one deployment: no split to consult.
+        weighted = [name for name, weight in config.traffic.items() if weight > 0]
+        self._only = self._by_name[weighted[0]] if len(weighted) == 1 else None
         mirror = next(iter(config.mirror_traffic.items()), None)
         self.mirror = Mirror(mirror[0], mirror[1]) if mirror else None
 
@@ -223,6 +227,8 @@ class EndpointState:
         return ok
 
     def pick(self) -> DeploymentState | None:
+        if self._only is not None:
+            return self._only
         name = self.split.pick()
         return self._by_name[name] if name is not None else None
 

@@ -26,7 +26,17 @@ class Waiter(Protocol):
 class Replica:
     """A model replica as the routing table sees it."""
 
-    __slots__ = ("address", "draining", "host", "inflight", "name", "port", "ready", "routable")
+    __slots__ = (
+        "address",
+        "draining",
+        "host",
+        "inflight",
+        "name",
+        "port",
+        "ready",
+        "routable",
+        "table",
+    )
 
     def __init__(self, name: str, host: str, port: int) -> None:
         self.name = name
@@ -37,6 +47,7 @@ class Replica:
         self.ready = False  # readiness as last observed
         self.draining = False  # being stopped: never routable again
         self.routable = False  # in the pick buckets: ready and not draining
+        self.table: SlotTable | None = None  # the table it is in (None: not in one, or removed)
 
     def __repr__(self) -> str:
         return f"Replica({self.name!r}, {self.address}, inflight={self.inflight})"
@@ -82,6 +93,7 @@ class SlotTable:
         if replica.name in self.replicas:
             raise ValueError(f"replica {replica.name} already present")
         self.replicas[replica.name] = replica
+        replica.table = self
         if ready:
             self.set_ready(replica.name, True)
 
@@ -102,6 +114,7 @@ class SlotTable:
         """Forget a replica. Releases for it that arrive later are ignored."""
         replica = self.drain(name)
         del self.replicas[name]
+        replica.table = None
         self.inflight -= replica.inflight
         return replica
 
@@ -178,7 +191,8 @@ class SlotTable:
 
     def release(self, replica: Replica) -> None:
         """A request on `replica` finished: free its slot, handing it to the oldest waiter."""
-        if self.replicas.get(replica.name) is not replica or replica.inflight == 0:
+        # Identity, not a lookup by name: with many deployments the replicas dict is cold.
+        if replica.table is not self or replica.inflight == 0:
             return  # removed meanwhile (or a caller's double release: never go negative)
         level = replica.inflight
         replica.inflight = level - 1
