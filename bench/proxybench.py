@@ -394,7 +394,7 @@ def _open_loop(run: Run, ports: dict[str, int], bursts: bool) -> dict[str, dict[
             sample = loadgen.run_hey(port, BENCH_ENDPOINT_PATH, settings.run_s, clients, rate)
         else:
             sample = loadgen.run_h2load_paced(
-                port, BENCH_ENDPOINT_PATH, settings.run_s, run.workdir, clients, rate
+                port, (BENCH_ENDPOINT_PATH,), settings.run_s, run.workdir, clients, rate
             )
         log(f"  {len(sample.latencies_ms) / sample.duration_s:,.0f}/s answered")
         return sample
@@ -445,12 +445,40 @@ def _scale_row(run: Run, row: ScaleRow, base_port: int, base_pid: int) -> dict[s
             "row": Target(port, paths, router.pid),
         }
         measured = _closed_loop(run, f"scale {row.label}", targets)
+        latency = _paced_latency(run, f"scale {row.label}", targets)
     except HarnessError as error:
         run.record_error(f"scale {row.label}: {error}")
         return {"result": {"error": str(error)}, "base": {"error": "not measured"}}
     finally:
         run.children.stop(router)
-    return {"result": measured["row"], "base": measured["base"]}
+    return {
+        "result": measured["row"],
+        "base": measured["base"],
+        "latency": latency["row"],
+        "base_latency": latency["base"],
+    }
+
+
+def _paced_latency(run: Run, what: str, targets: dict[str, Target]) -> dict[str, dict[str, Any]]:
+    """Latency at the open-loop rate (paced, as in the open-loop section), taking turns: does a
+    request take longer with many replicas or endpoints while the router is not saturated?"""
+    settings = run.settings
+
+    def measure_once(name: str) -> loadgen.OpenLoopSample:
+        target = targets[name]
+        return loadgen.run_h2load_paced(
+            target.port,
+            target.paths,
+            settings.run_s,
+            run.workdir,
+            settings.open_loop_clients,
+            settings.open_loop_rate_per_client,
+        )
+
+    def summarize(samples: list[loadgen.OpenLoopSample]) -> dict[str, Any]:
+        return asdict(loadgen.summarize_open_loop(samples))
+
+    return _take_turns(run, f"{what}, paced latency", list(targets), measure_once, summarize)
 
 
 def _measure_memory(run: Run) -> None:

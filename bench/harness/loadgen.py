@@ -156,7 +156,7 @@ def run_hey(
 
 def run_h2load_paced(
     port: int,
-    path: str,
+    paths: Sequence[str],
     duration_s: int,
     workdir: Path,
     clients: int = 50,
@@ -169,6 +169,7 @@ def run_h2load_paced(
     together, so its requests leave in bursts of `clients` at once: see `run_hey`.) With the start
     times one millisecond apart, each millisecond sees a group of about
     clients / (1000 / rate_per_client) arrivals (h2load's start times are whole milliseconds).
+    Each client cycles over `paths` in order.
     """
     body = workdir / "h2load-body.json"
     body.write_bytes(REQUEST_BODY)
@@ -177,7 +178,9 @@ def run_h2load_paced(
     argv = [find_executable("h2load"), "--h1", "-c", str(clients), "--rps", str(rate_per_client)]
     argv += ["-n", str(duration_s * clients * rate_per_client), "-r", "1", "--rate-period", "1ms"]
     argv += ["-d", str(body), "-H", "content-type: application/json"]
-    argv += ["--log-file", str(log_file), f"http://127.0.0.1:{port}{path}"]
+    uris = workdir / "h2load-uris.txt"
+    uris.write_text("".join(f"http://127.0.0.1:{port}{path}\n" for path in paths))
+    argv += ["--log-file", str(log_file), "-i", str(uris)]
     _run(argv, timeout_s=duration_s + 60)
     return _parse_h2load_log(log_file.read_text(), clients * rate_per_client)
 

@@ -276,7 +276,7 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
     if not scale:
         return ""
     target = f">= {SCALE_MIN_VS_BASE:.0%} of base"
-    title = "## Scale: inferfront closed loop (wrk as above) against 1 replica and 1 endpoint"
+    title = "## Scale: inferfront with many replicas or endpoints, against 1 replica and 1 endpoint"
     if "error" in scale:
         checks.append(Check("scale", "all rows", target, "NOT MEASURED", _first_line(scale)))
         return f"{title}\n\nNOT MEASURED: {_first_line(scale)}"
@@ -285,7 +285,7 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         label, result, base = row["label"], row["result"], row["base"]
         if "error" in result or "error" in base:
             reason = _first_line(result if "error" in result else base)
-            rows.append([label, *["-"] * 5, target, "NOT MEASURED: " + reason])
+            rows.append([label, *["-"] * 6, target, "NOT MEASURED: " + reason])
             checks.append(Check("scale", label, target, "NOT MEASURED", reason))
             continue
         ratio = result["requests_per_s"] / base["requests_per_s"]
@@ -299,17 +299,22 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
                 _fmt_ratio(ratio),
                 _cpu_pair(result, base, "proxy_cpu_us_per_request"),
                 _cpu_pair(result, base, "model_cpu_us_per_request"),
+                _latency_vs_base(row.get("latency"), row.get("base_latency")),
                 target,
                 verdict,
             ]
         )
     explanation = (
-        "Base: a second router with 1 replica and 1 endpoint, running at the same time and taking "
-        "turns with the configuration measured. Replica rows: one endpoint whose deployment lists "
+        "Closed-loop throughput (wrk as above) and latency at the open-loop rate. Base: a second "
+        "router with 1 replica and 1 endpoint, running at the same time and taking turns with "
+        "the configuration measured. Replica rows: one endpoint whose deployment lists "
         "N model addresses (one nginx listening on N ports). Endpoint rows: N endpoints, one "
         "replica each, requests spread over them round robin. CPU per request (user + system, "
         "from /proc) as row / base: the router's, and the model nginx's serving the same requests "
-        "on the other end of the router's connections."
+        "on the other end of the router's connections. Latency at the open-loop rate (paced, "
+        "as above): average and p99 of the configuration, and in brackets how much longer than "
+        "the base's in the same run; the router is then far from saturated, so this is what "
+        "many replicas or endpoints cost one request."
     )
     header = [
         "configuration",
@@ -318,11 +323,22 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         "vs base",
         "router CPU us/request",
         "model CPU us/request",
+        "ms at open-loop rate: avg, p99 (vs base)",
         "target",
         "result",
     ]
-    table = _table(header, rows, numeric_columns={1, 2, 3, 4, 5})
+    table = _table(header, rows, numeric_columns={1, 2, 3, 4, 5, 6})
     return f"{title}\n\n{explanation}\n\n{table}"
+
+
+def _latency_vs_base(latency: Mapping[str, Any] | None, base: Mapping[str, Any] | None) -> str:
+    if not latency or not base or "error" in latency or "error" in base:
+        return "-"
+    average, p99 = latency["average_ms"], latency["p99_ms"]
+    return (
+        f"{average:.2f}, {p99:.2f} "
+        f"({_fmt_ms(average - base['average_ms'])}, {_fmt_ms(p99 - base['p99_ms'])})"
+    )
 
 
 def _cpu_pair(result: Mapping[str, Any], base: Mapping[str, Any], key: str) -> str:
