@@ -4,6 +4,7 @@ consecutive-result counting that turns single probe results into health changes.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -154,6 +155,10 @@ class ReadinessWatch:
     Pace: every `startup_poll_s` while not ready (a replica takes traffic as soon as it
     answers), every `spec.period` while ready. `report_failure` takes the replica out at once
     and switches to the fast pace, so the probe brings it back as soon as it answers again.
+
+    The first wait at the ready pace is a random part of the period: replicas that turned ready
+    together (a router starting with 1,000 of them) would otherwise be probed in the same
+    instant every period, a burst the requests of that moment wait behind.
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class ReadinessWatch:
         self.tracker = HealthTracker(spec, healthy=False)
         self._on_change = on_change
         self._pace_changed = asyncio.Event()
+        self._phase_chosen = False  # the ready pace's random first wait was taken
 
     @property
     def ready(self) -> bool:
@@ -198,9 +204,18 @@ class ReadinessWatch:
     async def _wait_turn(self) -> None:
         while True:
             self._pace_changed.clear()
-            interval = self.spec.period if self.tracker.healthy else self.startup_poll_s
+            interval = self._interval()
             try:
                 async with asyncio.timeout(interval):
                     await self._pace_changed.wait()
             except TimeoutError:
                 return
+
+    def _interval(self) -> float:
+        if not self.tracker.healthy:
+            self._phase_chosen = False
+            return self.startup_poll_s
+        if self._phase_chosen:
+            return self.spec.period
+        self._phase_chosen = True
+        return self.spec.period * random.uniform(0.05, 1.0)
