@@ -127,6 +127,12 @@ def test_histograms_are_cumulative_with_count_and_sum() -> None:
     bucket_count = sum(1 for sample_name, labels in samples if sample_name == name + "_bucket")
     assert bucket_count == len(LATENCY_BUCKETS) + 1
     assert value(samples, "inferfront_request_upstream_seconds_count", **dep) == 3
+    upstream = "inferfront_request_upstream_seconds"  # 0.02, 1.5 and 0.0 seconds
+    assert value(samples, upstream + "_bucket", **dep, le="0.0005") == 1
+    assert value(samples, upstream + "_bucket", **dep, le="0.025") == 2
+    assert value(samples, upstream + "_bucket", **dep, le="1.0") == 2
+    assert value(samples, upstream + "_bucket", **dep, le="2.5") == 3
+    assert value(samples, upstream + "_sum", **dep) == pytest.approx(1.52)
     assert value(samples, "inferfront_request_duration_seconds_bucket", **dep, le="0.025") == 1
     assert value(samples, "inferfront_request_duration_seconds_sum", **dep) == pytest.approx(6.821)
 
