@@ -332,6 +332,22 @@ async def test_504_when_a_replica_hangs(cluster: Cluster, client: httpx.AsyncCli
     assert (await client.post(cluster.url("hang"), content=b"{}")).status_code == 200
 
 
+async def test_a_short_deadline_fires_behind_a_longer_one_entered_earlier(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    # "full" allows 20 s, "hang" 0.5 s. Deadlines are swept in arrival order per timeout: a
+    # sweep that stopped at the older 20 s deadline would leave the hanging request to the
+    # client's own timeout instead of a 504.
+    older = asyncio.ensure_future(client.post(cluster.url("full", "?mode=hang"), content=b"{}"))
+    await wait_for_table(cluster, "full", 1, 0)
+    response = await client.post(cluster.url("hang", "?mode=hang"), content=b"{}")
+    assert_router_error(response, 504, "GatewayTimeout")
+    assert not older.done()  # both hang: only its own deadline, 20 s away, could end it
+    older.cancel()  # the client leaves: its slot is freed at once
+    await wait_for_table(cluster, "full", 0, 0)
+    wait_until(lambda: cluster.server("full").stats(history=False)["inflight"] == 0)
+
+
 async def test_504_counts_the_queue_wait(cluster: Cluster, client: httpx.AsyncClient) -> None:
     # Timeout 1.5 s; each request takes 1 s. The second waits 1 s for the slot, so only a
     # deadline that includes the queue wait (1 + 1 > 1.5) answers it 504; one counted from
