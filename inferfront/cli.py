@@ -100,6 +100,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    if args.cluster_dir and not args.worker_of:
+        problems = _processes_separate_instances_cannot_share(args.config, config)
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            return 1
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -143,6 +148,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"inferfront: cannot listen: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _processes_separate_instances_cannot_share(path: str, config) -> list[str]:
+    """Deployments whose replicas are local processes, which separate instances cannot share:
+    each would start (and count slots on) its own. A supervisor (--workers) can."""
+    return [
+        f"inferfront: {path}: endpoints[{e}].deployments[{d}].command: deployment "
+        f"{deployment.name!r} of endpoint {endpoint.name!r} runs its replicas as local "
+        "processes, which separate instances (--cluster-dir) cannot share: each would start its "
+        "own. Run several front-ends with --workers N (one supervisor owns the replicas), or "
+        "give the replicas as `urls`."
+        for e, endpoint in enumerate(config.endpoints)
+        for d, deployment in enumerate(endpoint.deployments)
+        if deployment.command is not None
+    ]
 
 
 def _supervise(args: argparse.Namespace, config, listen) -> int:

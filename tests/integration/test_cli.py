@@ -97,6 +97,37 @@ def test_serve_names_a_replica_command_that_cannot_start(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+def test_separate_instances_refuse_replicas_they_would_each_start(tmp_path: Path) -> None:
+    config = tmp_path / "local.yaml"
+    config.write_text(
+        "endpoints:\n"
+        "  - name: my-endpoint\n"
+        "    auth_mode: none\n"
+        "    traffic: {blue: 100}\n"
+        "    deployments:\n"
+        "      - name: green\n"
+        "        urls: [http://127.0.0.1:9]\n"
+        "      - name: blue\n"
+        '        command: [no-such-model-server, --port, "{port}"]\n'
+    )
+    result = inferfront(
+        "serve",
+        "-c",
+        str(config),
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        "--cluster-dir",
+        str(tmp_path / "cluster"),
+    )
+    assert result.returncode == 1
+    assert f"{config}: endpoints[0].deployments[1].command: deployment 'blue'" in result.stderr
+    assert "--workers N" in result.stderr
+    assert "cannot start" not in result.stderr  # refused before anything started
+    assert not (tmp_path / "cluster").exists()
+
+
 def test_serve_says_when_its_port_is_taken(tmp_path: Path) -> None:
     import socket
 
