@@ -80,17 +80,25 @@ def test_plan_over_a_real_trace_prints_replicas_per_minute() -> None:
     assert all(int(row.split()[-1]) >= 1 for row in rows)
 
 
-def test_serve_names_a_replica_command_that_cannot_start(tmp_path: Path) -> None:
-    config = tmp_path / "missing.yaml"
-    config.write_text(
+MISSING_COMMAND_DEPLOYMENT = (
+    '      - name: blue\n        command: [no-such-model-server, --port, "{port}"]\n'
+)
+
+
+def endpoint_file(path: Path, deployments: str) -> Path:
+    """A config file with one endpoint, `my-endpoint`, sending all traffic to `blue`."""
+    path.write_text(
         "endpoints:\n"
         "  - name: my-endpoint\n"
         "    auth_mode: none\n"
         "    traffic: {blue: 100}\n"
-        "    deployments:\n"
-        "      - name: blue\n"
-        '        command: [no-such-model-server, --port, "{port}"]\n'
+        "    deployments:\n" + deployments
     )
+    return path
+
+
+def test_serve_names_a_replica_command_that_cannot_start(tmp_path: Path) -> None:
+    config = endpoint_file(tmp_path / "missing.yaml", MISSING_COMMAND_DEPLOYMENT)
     result = inferfront("serve", "-c", str(config), "--port", "0", "--admin-port", "0")
     assert result.returncode == 1
     assert "deployment blue: cannot start `no-such-model-server --port {port}`" in result.stderr
@@ -98,18 +106,8 @@ def test_serve_names_a_replica_command_that_cannot_start(tmp_path: Path) -> None
 
 
 def test_separate_instances_refuse_replicas_they_would_each_start(tmp_path: Path) -> None:
-    config = tmp_path / "local.yaml"
-    config.write_text(
-        "endpoints:\n"
-        "  - name: my-endpoint\n"
-        "    auth_mode: none\n"
-        "    traffic: {blue: 100}\n"
-        "    deployments:\n"
-        "      - name: green\n"
-        "        urls: [http://127.0.0.1:9]\n"
-        "      - name: blue\n"
-        '        command: [no-such-model-server, --port, "{port}"]\n'
-    )
+    green = "      - name: green\n        urls: [http://127.0.0.1:9]\n"
+    config = endpoint_file(tmp_path / "local.yaml", green + MISSING_COMMAND_DEPLOYMENT)
     result = inferfront(
         "serve",
         "-c",
