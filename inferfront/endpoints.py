@@ -81,7 +81,7 @@ class DeploymentState:
         endpoint: str,
         config: Deployment,
         pools: UpstreamPools,
-        deadlines: DeadlineQueues | None = None,
+        deadlines: DeadlineQueues,
     ) -> None:
         self.endpoint = endpoint
         self.name = config.name
@@ -108,7 +108,7 @@ class DeploymentState:
         self.scaler = None  # set by the autoscaler when the deployment is scaled
         # Requests under way, oldest first, with their deadlines: the queue shared by every
         # deployment with this timeout, whose front the proxy's sweep pops when expired.
-        self.deadlines = (deadlines or DeadlineQueues()).for_timeout(self.timeout_s)
+        self.deadlines = deadlines.for_timeout(self.timeout_s)
 
     # -- ReplicaEvents (called by the runtime) ----------------------------------------------
 
@@ -196,9 +196,7 @@ class EndpointState:
         "split",
     )
 
-    def __init__(
-        self, config: Endpoint, pools: UpstreamPools, deadlines: DeadlineQueues | None = None
-    ) -> None:
+    def __init__(self, config: Endpoint, pools: UpstreamPools, deadlines: DeadlineQueues) -> None:
         self.name = config.name
         self.config = config
         self.auth_required = config.auth_mode == "key"

@@ -88,7 +88,6 @@ class Exchange:
         "replica",
         "replica_name",
         "request_id",
-        "resp_content_length",
         "resp_head_sent",
         "resp_started",
         "resp_status",
@@ -147,7 +146,6 @@ class Exchange:
         self.resp_started = False
         self.resp_head_sent = False
         self.resp_status = 0
-        self.resp_content_length: int | None = None
         self.chunked_out = False
         self.bytes_out = 0
         self.t_start = 0.0
@@ -466,7 +464,6 @@ class Exchange:
             return  # 1xx interim answers are the replica's business (we never forward Expect)
         self.resp_started = True
         self.resp_status = status
-        self.resp_content_length = content_length
         parts = [http.status_line(status)]
         parts += head
         parts += (
@@ -480,8 +477,8 @@ class Exchange:
         )
         if self.client_id is not None:
             parts += (b"x-ms-client-request-id: ", self.client_id, b"\r\n")
-        if self.resp_content_length is not None:
-            parts.append(b"content-length: %d\r\n" % self.resp_content_length)
+        if content_length is not None and status != 204:  # a 204 has no length (RFC 9110 8.6)
+            parts.append(b"content-length: %d\r\n" % content_length)
         elif status in _NO_BODY_STATUS or self.is_head:
             pass
         elif not self.http10:
@@ -489,13 +486,16 @@ class Exchange:
             parts.append(_CHUNKED)
         else:
             self.close_after = True  # HTTP/1.0 client, body of unknown length: EOF ends it
+        if not self.body_complete:
+            # Answered before the whole request was read: the rest of it cannot be told from
+            # a next request, so the client connection ends with this answer (said up front).
+            self.close_after = True
         if self.close_after:
             parts.append(_CLOSE)
         elif self.http10:
             parts.append(_KEEP_ALIVE)
         parts.append(b"\r\n")
         self.out += parts
-        self.resp_head_sent = True
         if self.is_head:
             # llhttp would wait for a body a HEAD answer never has; finish now, drop the conn.
             self.upconn.reusable = False  # type: ignore[union-attr]
@@ -527,18 +527,27 @@ class Exchange:
         return True
 
     def _finish_upstream(self) -> None:
+        """The answer is complete (called from the replica connection's parser callbacks)."""
         self.t_upstream_done = perf_counter()
         conn = self.upconn
         self.upconn = None
-        # Back to the pool before the slot is released: a waiter granted that slot picks the
-        # warm connection instead of opening a new one.
         if conn is not None:
             conn.exchange = None
             if conn.reusable:
-                conn.pool.release(conn)
-            else:
-                conn.abort()
-        self._release_slot()
+                # The rest of the read being parsed may still show the replica out of step (a
+                # second answer): the slot, and with it this connection, go to no one before
+                # that is known. The connection calls end_answer() at the end of the read.
+                conn.finished = self
+                return
+            conn.abort()
+        self.end_answer()
+
+    def end_answer(self) -> None:
+        """Give the slot back and hand the complete answer to the client."""
+        replica = self.replica  # _release_slot inlined: this runs once per request
+        if replica is not None:
+            self.replica = None
+            self.deployment.slots.release(replica)  # type: ignore[union-attr]
         self.flush_to_client()
         self._done(self.resp_status)
 
@@ -548,6 +557,8 @@ class Exchange:
             data = b"".join(out)
             out.clear()
             self.client.write(data)
+            # Until the answer's head is written, a broken answer can still become a clean 502.
+            self.resp_head_sent = self.resp_started
             if self.client.write_paused and self.upconn is not None:
                 self.upconn.transport.pause_reading()  # type: ignore[union-attr]
 
@@ -569,16 +580,19 @@ class Exchange:
         """The replica's connection closed while this exchange used it."""
         if self.state != UPSTREAM:
             return
+        conn = self.upconn
         self.upconn = None
         if self.resp_started:
-            if self.resp_content_length is None and not self.chunked_out and self.close_after:
-                # Close-delimited body to an HTTP/1.0 client: EOF is the normal end.
-                self._release_slot()
-                self.flush_to_client()
+            self._release_slot()
+            if conn is not None and conn.eof_ends_answer:
+                # Framed by neither length nor chunking: the replica's close ends the answer
+                # (re-framed as chunked for HTTP/1.1, close-delimited for an HTTP/1.0 client).
+                if self.chunked_out:
+                    self.out.append(b"0\r\n\r\n")
                 self.t_upstream_done = perf_counter()
+                self.flush_to_client()
                 self._done(self.resp_status)
                 return
-            self._release_slot()
             self._abort_client(502)
             return
         self._retry_or_fail(502, "The replica closed the connection without answering.")

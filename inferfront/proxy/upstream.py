@@ -3,6 +3,12 @@
 An `UpstreamConnection` carries one request at a time for its `Exchange`; the exchange writes the
 request and receives the parsed response through the callbacks below. When the response completes
 on a reusable connection it goes back to its pool's idle list (LIFO, so hot connections stay hot).
+
+A replica that sends more than the one answer it was asked for (a second answer, bytes past its
+Content-Length, a body after a 204) is out of step: whatever it sends next would be taken as the
+answer to the next request, another client's. Such a connection is closed, never pooled: bytes
+after an answer in the read that ended it stop the parse (`on_message_begin`), and bytes on an
+idle connection close it (`data_received`).
 """
 
 from __future__ import annotations
@@ -25,14 +31,28 @@ RESPONSE_DROP = HOP_BY_HOP | {
     b"x-ms-client-request-id",
 }
 
+# llhttp also accepts "HTTP/0.9" and "HTTP/2.0" status lines, which no HTTP/1.x replica sends.
+_HTTP1_VERSIONS = frozenset({"1.0", "1.1"})
+
 if TYPE_CHECKING:
     from inferfront.proxy.exchange import Exchange
 
 
+class BadAnswer(Exception):
+    """Raised from a parser callback: the replica's answer breaks the rules; stop parsing it."""
+
+
+class OutOfStep(BadAnswer):
+    """Bytes after a complete answer, in the same read: the replica answered more than asked."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "answer_ended",
         "content_length",
+        "eof_ends_answer",
         "exchange",
+        "finished",
         "head",
         "parser",
         "pool",
@@ -52,6 +72,14 @@ class UpstreamConnection(asyncio.Protocol):
         # Kept here rather than in the exchange: one Python call per header, not two.
         self.head: list[bytes] = []
         self.content_length: int | None = None
+        # The answer being read has neither Content-Length nor chunking: the replica closing
+        # the connection (cleanly) is its end.
+        self.eof_ends_answer = False
+        # The read being parsed has ended the exchange's answer: any byte after it is out of step.
+        self.answer_ended = False
+        # The exchange whose answer ended in this read: it gives its slot back (and this
+        # connection goes back to the pool) once the rest of the read is known to be empty.
+        self.finished: Exchange | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -61,20 +89,34 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
-            # Bytes from an idle replica connection: the replica broke framing. Never reuse it.
-            self.reusable = False
-            self.transport.close()  # type: ignore[union-attr]
+            # Bytes on an idle connection: the replica sent more than it was asked for.
+            self.abort()
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.reusable = False
-            exchange.upstream_failed("replica answered with a protocol upgrade")
+            self._broken(exchange, "replica answered with a protocol upgrade")
         except httptools.HttpParserError as exc:
-            self.reusable = False
-            exchange.upstream_failed(f"replica sent a malformed response: {exc}")
+            cause = exc.__context__
+            if isinstance(cause, BadAnswer):
+                self._broken(exchange, f"replica sent a malformed response: {cause}")
+            else:
+                self._broken(exchange, f"replica sent a malformed response: {exc}")
         else:
-            exchange.flush_to_client()
+            if not self.answer_ended:
+                exchange.flush_to_client()  # the answer goes on in a later read
+                return
+            # The answer ended and nothing followed it in this read: the connection is in step.
+            # No flush here after an answer (end_answer flushes, once): one Python call fewer
+            # per request, which pays for on_message_begin's.
+            self.answer_ended = False
+            finished = self.finished
+            if finished is not None:
+                self.finished = None
+                # Back to the pool before the slot is released: a waiter granted that slot
+                # picks this warm connection instead of opening a new one.
+                self.pool.release(self)
+                finished.end_answer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -82,6 +124,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         if exchange is not None:
             self.exchange = None
+            if exc is not None:
+                self.eof_ends_answer = False  # a reset is no clean end of anything
             exchange.upstream_lost()
 
     def pause_writing(self) -> None:
@@ -94,34 +138,81 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.upstream_write_resumed()
 
+    def _broken(self, exchange: Exchange, why: str) -> None:
+        """The parse stopped on bad bytes: drop the connection, fail or finish the exchange."""
+        self.reusable = False
+        if self.exchange is exchange:
+            exchange.upstream_failed(why)  # its answer is broken: 502, or cut if it has begun
+            return
+        # The exchange had its whole answer before the bad bytes: it keeps it, but this
+        # connection is out of step and goes nowhere near the pool.
+        taken_by = self.exchange  # a copy (mirror) granted the slot within this read
+        self.abort()
+        self.pool.forget(self)
+        self.answer_ended = False
+        finished = self.finished
+        if finished is not None:
+            self.finished = None
+            finished.end_answer()
+        if taken_by is not None:
+            taken_by.upstream_lost()
+
     # -- httptools callbacks (response) -----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        # The one extra callback per answer, and the only one llhttp makes for a few stray
+        # bytes ("HT"): without it they would stay in the parser and prefix the next answer.
+        if self.answer_ended:
+            raise OutOfStep("more than one answer to one request")
+        self.eof_ends_answer = True
+        # Reset here, not when the head is handed over: a chunked answer's trailer fields come
+        # through on_header after that, and must not become part of the next answer's head.
+        self.head = []
+        self.content_length = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         if lname in RESPONSE_DROP:
             if lname == b"content-length":
                 self.content_length = int(value)  # llhttp has validated it
+                self.eof_ends_answer = False
+            elif lname == b"transfer-encoding":
+                self._transfer_encoding(value)
             return
         self.head += (name, b": ", value, b"\r\n")
 
+    def _transfer_encoding(self, value: bytes) -> None:
+        # llhttp decodes chunked only; any other coding would reach the client undecoded under
+        # a header that no longer says so. A second field could stack codings the same way.
+        if value.strip(b" \t").lower() != b"chunked" or not self.eof_ends_answer:
+            raise BadAnswer(f"unsupported Transfer-Encoding {value[:64]!r}")
+        self.eof_ends_answer = False
+
     def on_headers_complete(self) -> None:
         parser = self.parser
+        status = parser.get_status_code()
         if not parser.should_keep_alive():
             self.reusable = False
-        head, content_length = self.head, self.content_length
-        self.head = []
-        self.content_length = None
-        self.exchange.upstream_headers_complete(  # type: ignore[union-attr]
-            parser.get_status_code(), head, content_length
-        )
+            # Checked here only (get_http_version formats a string): an HTTP/1.1 answer that
+            # keeps the connection never gets here, and HTTP/0.9 or 2.0 only keep it when the
+            # replica adds "Connection: keep-alive".
+            if parser.get_http_version() not in _HTTP1_VERSIONS:
+                raise BadAnswer(f"HTTP/{parser.get_http_version()} status line")
+        if status < 100 or status > 599:
+            raise BadAnswer(f"status code {status}")
+        self.exchange.upstream_headers_complete(status, self.head, self.content_length)  # type: ignore[union-attr]
 
     def on_body(self, body: bytes) -> None:
+        # No exchange once a HEAD answer ended at its head (Exchange.upstream_headers_complete):
+        # the AttributeError then stops the parse, with no check on the hot path.
         self.exchange.upstream_body(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
-        # The exchange detaches this connection (and pools it) when its response is complete.
-        if self.exchange is not None:
-            self.exchange.upstream_message_complete()
+        # The exchange detaches from this connection when its answer (not a 1xx) is complete.
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.upstream_message_complete()
+        self.answer_ended = exchange is None or self.exchange is not exchange
 
     # -- used by the exchange ---------------------------------------------------------------
 
@@ -149,8 +240,11 @@ class UpstreamPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
+            transport = conn.transport
+            if conn.reusable and transport is not None and not transport.is_closing():
                 return conn
+            if transport is not None:
+                transport.abort()  # out of the pool for good: close it too, or its socket leaks
         return None
 
     def connect(
