@@ -2,7 +2,10 @@
 
 A copy never slows, fails or counts against the client's request: it only takes a slot that is
 free at once (never queues), it holds at most `max_body` bytes of the body (a larger body is not
-mirrored), and whatever happens to it is counted on the mirror deployment only.
+mirrored), and whatever happens to it is counted on the mirror deployment only. Towards its
+replica connection it behaves as an `Exchange` does: the connection goes back to the pool, and
+the slot is given back, only once the read that completed the answer is known to hold nothing
+more (`end_answer`), so a replica that answers twice never reaches anyone else.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from inferfront.endpoints import DeploymentState
+    from inferfront.proxy.client import ClientConnection
     from inferfront.proxy.exchange import Exchange
     from inferfront.proxy.upstream import UpstreamConnection
     from inferfront.routing.slots import Replica
@@ -37,9 +41,12 @@ class MirrorCopy:
 
     __slots__ = (
         "body",
+        "bytes_out",
+        "client",
         "conn",
         "deployment",
         "head",
+        "is_head",
         "replica",
         "resp_started",
         "sender",
@@ -51,14 +58,18 @@ class MirrorCopy:
 
     def __init__(self, sender: MirrorSender, exchange: Exchange, target: DeploymentState) -> None:
         self.sender = sender
+        # The live request's client connection: its limits bound the copy's answer too.
+        self.client: ClientConnection = exchange.client
         self.deployment = target
         self.head = exchange.upstream_head
+        self.is_head = exchange.is_head
         self.body: list[bytes] | None = []
         self.size = 0
         self.replica: Replica | None = None
         self.conn: UpstreamConnection | None = None
         self.resp_started = False
         self.status = 0
+        self.bytes_out = 0  # body bytes of the answer read (and dropped)
         self.t0 = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -141,26 +152,45 @@ class MirrorCopy:
         if status >= 200:
             self.resp_started = True
             self.status = status
+            if self.is_head:
+                # As for a live HEAD request: llhttp would wait for a body that never comes.
+                conn = self.conn
+                if conn is not None:
+                    conn.reusable = False
+                self.upstream_message_complete()
 
     def upstream_body(self, chunk: bytes) -> None:
-        pass
+        self.bytes_out += len(chunk)
 
     def upstream_message_complete(self) -> bool:
         if not self.resp_started:
-            return False
+            return False  # the end of a 1xx interim answer
         conn = self.conn
         self.conn = None
         if conn is not None:
             conn.exchange = None
-            conn.pool.release(conn)
-        self._end(self.status)
+            if conn.reusable:
+                # As Exchange._finish_upstream: the rest of the read may show the replica out
+                # of step; the connection calls end_answer() once it is known to be empty.
+                conn.finished = self
+                return True
+            conn.abort()
+        self.end_answer()
         return True
+
+    def end_answer(self) -> None:
+        """The answer is complete and the connection settled: give the slot back, count it."""
+        self._end(self.status)
 
     def flush_to_client(self) -> None:
         pass
 
     def upstream_lost(self) -> None:
+        conn = self.conn
         self.conn = None
+        if self.resp_started and conn is not None and conn.eof_ends_answer:
+            self._end(self.status)  # framed by neither length nor chunking: the close ends it
+            return
         self._end(502)
 
     def upstream_failed(self, why: str) -> None:

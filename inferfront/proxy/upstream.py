@@ -9,13 +9,18 @@ Content-Length, a body after a 204) is out of step: whatever it sends next would
 answer to the next request, another client's. Such a connection is closed, never pooled: bytes
 after an answer in the read that ended it stop the parse (`on_message_begin`), and bytes on an
 idle connection close it (`data_received`).
+
+What a replica can make the router hold is bounded: llhttp keeps an unfinished header field
+however long it grows, so the bytes read while an answer's head is incomplete, and in a chunked
+answer the bytes read with no body data in them (chunk framing, the trailer section), count
+against the router's limits.max_header_bytes; trailer fields themselves are kept nowhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -36,6 +41,7 @@ _HTTP1_VERSIONS = frozenset({"1.0", "1.1"})
 
 if TYPE_CHECKING:
     from inferfront.proxy.exchange import Exchange
+    from inferfront.proxy.mirror import MirrorCopy
 
 
 class BadAnswer(Exception):
@@ -46,13 +52,28 @@ class OutOfStep(BadAnswer):
     """Bytes after a complete answer, in the same read: the replica answered more than asked."""
 
 
+class _DroppedFields(list):
+    """Where on_header puts fields once the head was handed over: a chunked answer's trailer
+    fields, which the router does not forward, are kept nowhere."""
+
+    __slots__ = ()
+
+    def __iadd__(self, fields: Iterable[bytes]) -> _DroppedFields:
+        return self
+
+
+_TRAILER_FIELDS = _DroppedFields()
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "answer_ended",
+        "body_mark",
         "content_length",
         "eof_ends_answer",
         "exchange",
         "finished",
+        "framing_bytes",
         "head",
         "parser",
         "pool",
@@ -77,9 +98,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.eof_ends_answer = False
         # The read being parsed has ended the exchange's answer: any byte after it is out of step.
         self.answer_ended = False
-        # The exchange whose answer ended in this read: it gives its slot back (and this
-        # connection goes back to the pool) once the rest of the read is known to be empty.
-        self.finished: Exchange | None = None
+        # The exchange (or mirror copy) whose answer ended in this read: it gives its slot back
+        # (and this connection goes back to the pool) once the rest of the read is empty.
+        self.finished: Exchange | MirrorCopy | None = None
+        # Bytes read that carried none of the answer: while its head is incomplete, and in a
+        # chunked answer since body data last came (framing, trailer fields). None: not counted
+        # (the head is complete and the body has a length, or ends with the connection).
+        self.framing_bytes: int | None = None
+        # In a chunked answer, the exchange's body bytes when the last read was counted.
+        self.body_mark = -1
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -103,8 +130,9 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._broken(exchange, f"replica sent a malformed response: {exc}")
         else:
-            if not self.answer_ended:
-                exchange.flush_to_client()  # the answer goes on in a later read
+            if not self.answer_ended:  # the answer goes on in a later read
+                if self.framing_bytes is None or self._count_framing(exchange, len(data)):
+                    exchange.flush_to_client()
                 return
             # The answer ended and nothing followed it in this read: the connection is in step.
             # No flush here after an answer (end_answer flushes, once): one Python call fewer
@@ -138,6 +166,23 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.upstream_write_resumed()
 
+    def _count_framing(self, exchange: Exchange, size: int) -> bool:
+        """Count a read that left the answer in its head or in a chunked body; False when that
+        went past max_header_bytes (the answer then fails, and the connection is dropped)."""
+        if exchange.resp_started:
+            body = exchange.bytes_out
+            if body != self.body_mark:  # body data came: what was read before is not held
+                self.body_mark = body
+                self.framing_bytes = 0
+                return True
+        counted = self.framing_bytes = size + (self.framing_bytes or 0)
+        limit = exchange.client.limits.max_header_bytes
+        if counted <= limit:
+            return True
+        part = "chunk framing and trailer section" if exchange.resp_started else "head"
+        self._broken(exchange, f"the replica's answer {part} went past {limit} bytes")
+        return False
+
     def _broken(self, exchange: Exchange, why: str) -> None:
         """The parse stopped on bad bytes: drop the connection, fail or finish the exchange."""
         self.reusable = False
@@ -145,8 +190,8 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.upstream_failed(why)  # its answer is broken: 502, or cut if it has begun
             return
         # The exchange had its whole answer before the bad bytes: it keeps it, but this
-        # connection is out of step and goes nowhere near the pool.
-        taken_by = self.exchange  # a copy (mirror) granted the slot within this read
+        # connection is out of step and goes nowhere near the pool. (No one else can hold it
+        # yet: exchanges and mirror copies alike give it back only at the end of the read.)
         self.abort()
         self.pool.forget(self)
         self.answer_ended = False
@@ -154,8 +199,6 @@ class UpstreamConnection(asyncio.Protocol):
         if finished is not None:
             self.finished = None
             finished.end_answer()
-        if taken_by is not None:
-            taken_by.upstream_lost()
 
     # -- httptools callbacks (response) -----------------------------------------------------
 
@@ -165,8 +208,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.answer_ended:
             raise OutOfStep("more than one answer to one request")
         self.eof_ends_answer = True
-        # Reset here, not when the head is handed over: a chunked answer's trailer fields come
-        # through on_header after that, and must not become part of the next answer's head.
+        self.framing_bytes = 0  # counted by data_received while the head is incomplete
         self.head = []
         self.content_length = None
 
@@ -200,7 +242,14 @@ class UpstreamConnection(asyncio.Protocol):
                 raise BadAnswer(f"HTTP/{parser.get_http_version()} status line")
         if status < 100 or status > 599:
             raise BadAnswer(f"status code {status}")
-        self.exchange.upstream_headers_complete(status, self.head, self.content_length)  # type: ignore[union-attr]
+        if self.content_length is None and not self.eof_ends_answer:  # chunked
+            self.body_mark = -1  # the first read of the body resets the count
+        else:
+            self.framing_bytes = None
+        head = self.head
+        # A chunked answer's trailer fields come through on_header after this: drop them.
+        self.head = _TRAILER_FIELDS
+        self.exchange.upstream_headers_complete(status, head, self.content_length)  # type: ignore[union-attr]
 
     def on_body(self, body: bytes) -> None:
         # No exchange once a HEAD answer ended at its head (Exchange.upstream_headers_complete):

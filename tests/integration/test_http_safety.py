@@ -1,11 +1,11 @@
 """Adversarial HTTP/1.x input against a real router process in front of a real model server.
 
 Each corpus case (`http_corpus.py`) is sent as raw bytes on a fresh TCP connection. The test reads
-the answers with its own strict HTTP/1.1 reader (not llhttp, so the oracle does not share the
-router's parser) and checks: the status and the router's JSON error shape; that the connection
-closes where it must, or stays usable where it must (a follow-up request on it is answered
-correctly); and that nothing smuggled reached the model server (its request count, the echoed
-paths, bodies and headers) or was even parsed by the router (its access log).
+the answers with the strict HTTP/1.1 reader of tests/raw_http.py (not llhttp, so the oracle does
+not share the router's parser) and checks: the status and the router's JSON error shape; that
+the connection closes where it must, or stays usable where it must (a follow-up request on it is
+answered correctly); and that nothing smuggled reached the model server (its request count, the
+echoed paths, bodies and headers) or was even parsed by the router (its access log).
 
 One router and one model server serve the whole module, so the corpus runs in a few seconds.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import json
 import re
@@ -29,6 +28,7 @@ import httpx
 import pytest
 
 from inferfront.proxy.http import ERROR_CODES
+from tests import raw_http
 from tests.conftest import ModelServerFactory
 from tests.helpers import ModelServerHandle, async_wait_until, wait_until
 from tests.integration.http_corpus import (
@@ -43,141 +43,26 @@ from tests.integration.http_corpus import (
     cl,
     request,
 )
+from tests.raw_http import STATUS_LINE, Answer
 from tests.router import RouterFactory, RouterHandle, endpoint_config
 
 READ_TIMEOUT = 2.0  # the longest wait for an answer, or for a connection that must close
 GUID = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-STATUS_LINE = re.compile(rb"^HTTP/1\.1 (\d{3}) [^\r\n]*$")
 
 
 # ==========================================================================================
-# A strict HTTP/1.1 response reader over a raw socket
+# The client: a strict raw reader (tests/raw_http.py)
 # ==========================================================================================
 
 
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]]  # names lowercased, in order
-    body: bytes = b""
-
-    def values(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key == name]
-
-    def header(self, name: str) -> str | None:
-        values = self.values(name)
-        assert len(values) <= 1, f"{name} repeated in the answer: {values}"
-        return values[0] if values else None
-
-    def closes(self) -> bool:
-        return "close" in (self.header("connection") or "").lower()
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class RawConnection:
-    """One client connection that sends exact bytes and reads answers byte-strictly."""
-
-    def __init__(self, port: int, timeout: float = READ_TIMEOUT) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buffer = b""
-        self.eof = False
-
-    def __enter__(self) -> RawConnection:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.sock.close()
+class RawConnection(raw_http.RawConnection):
+    def __init__(self, port: int) -> None:
+        super().__init__(port, READ_TIMEOUT)
 
     def send(self, data: bytes) -> None:
         # The router may close (after answering) before it took every byte of a bad request.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        """Read more bytes into the buffer; False once the peer closed (FIN or reset)."""
-        if self.eof:
-            return False
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            raise AssertionError(
-                f"no answer within {READ_TIMEOUT}s; buffered {self.buffer[:200]!r}"
-            ) from None
-        except OSError as exc:
-            if exc.errno != errno.ECONNRESET:
-                raise
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.buffer += data
-        return True
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buffer:
-            if not self._fill():
-                raise AssertionError(f"connection closed mid-line: {self.buffer[:200]!r}")
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        assert b"\n" not in line and b"\r" not in line, f"bare CR/LF in answer line {line!r}"
-        return line
-
-    def _exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            if not self._fill():
-                raise AssertionError(f"closed after {len(self.buffer)} of {size} body bytes")
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def read_response(self, head: bool = False) -> Response:
-        """The next answer (interim 1xx answers included); AssertionError if none comes."""
-        if not self.buffer and not self._fill():
-            raise AssertionError("the router closed the connection without answering")
-        status_line = self._line()
-        match = STATUS_LINE.match(status_line)
-        assert match, f"bad status line {status_line!r}"
-        response = Response(int(match.group(1)), [])
-        while line := self._line():
-            name, colon, value = line.partition(b":")
-            assert colon and name and name.strip() == name, f"bad header line {line!r}"
-            response.headers.append(
-                (name.decode("latin-1").lower(), value.strip().decode("latin-1"))
-            )
-        response.body = self._body(response, head)
-        return response
-
-    def _body(self, response: Response, head: bool) -> bytes:
-        length = response.header("content-length")
-        coding = response.header("transfer-encoding")
-        assert length is None or coding is None, f"both framings in one answer: {response.headers}"
-        if head or response.status < 200 or response.status in (204, 304):
-            return b""
-        if coding is not None:
-            assert coding.lower() == "chunked", f"answer coding {coding!r}"
-            return self._chunked_body()
-        if length is not None:
-            assert length.isdigit(), f"answer Content-Length {length!r}"
-            return self._exactly(int(length))
-        while self._fill():
-            pass
-        body, self.buffer = self.buffer, b""
-        return body
-
-    def _chunked_body(self) -> bytes:
-        body = b""
-        while size := int(self._line().split(b";")[0], 16):
-            body += self._exactly(size)
-            assert self._line() == b"", "chunk data not followed by CRLF"
-        while self._line():  # trailer section
-            pass
-        return body
-
-    def expect_closed(self) -> None:
-        """The router must close now, sending nothing more."""
-        while self._fill():
-            pass
-        assert not self.buffer, f"unexpected bytes after the answers: {self.buffer[:300]!r}"
+            super().send(data)
 
 
 # ==========================================================================================
@@ -260,7 +145,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # ==========================================================================================
 
 
-def assert_router_error(answer: Response) -> None:
+def assert_router_error(answer: Answer) -> None:
     """The router's own JSON error document, consistent with its headers."""
     assert answer.header("content-type") == "application/json", answer.headers
     document = answer.json()
@@ -273,7 +158,7 @@ def assert_router_error(answer: Response) -> None:
         assert GUID.match(request_id.encode()), request_id
 
 
-def assert_status(answer: Response, expected: int | tuple[int, ...], case: Case) -> None:
+def assert_status(answer: Answer, expected: int | tuple[int, ...], case: Case) -> None:
     allowed = expected if isinstance(expected, tuple) else (expected,)
     assert answer.status in allowed, (
         f"{case.name}: got {answer.status}, want {allowed}; body {answer.body[:300]!r}"
@@ -296,7 +181,7 @@ def probe_keeps_working(conn: RawConnection, name: str) -> None:
             target=f"/api/v1/endpoint/{ENDPOINT}{path}".encode(),
         )
     )
-    answer = conn.read_response()
+    answer = conn.read_answer()
     assert answer.status == 200, (answer.status, answer.body[:300])
     assert answer.json()["path"] == path, answer.json()
     conn.expect_closed()
@@ -346,7 +231,7 @@ def run_case(stack: Stack, case: Case, log_start: int) -> None:
     with RawConnection(stack.port) as conn:
         conn.send(case.raw)
         answers = [
-            conn.read_response(head=index == case.head_index) for index in range(len(case.statuses))
+            conn.read_answer(head=index == case.head_index) for index in range(len(case.statuses))
         ]
         for answer, expected in zip(answers, case.statuses, strict=True):
             assert_status(answer, expected, case)
@@ -374,7 +259,7 @@ def run_case(stack: Stack, case: Case, log_start: int) -> None:
     assert not smuggled, f"the router parsed a request out of another's bytes: {smuggled}"
 
 
-def check_forwarded(case: Case, served: list[Response]) -> None:
+def check_forwarded(case: Case, served: list[Answer]) -> None:
     """What the model server echoed for each 200 answer: path, body, headers."""
     echoes = [answer.json() for answer in served]
     for echo in echoes:
@@ -401,7 +286,7 @@ def test_parse_errors_carry_request_id(stack: Stack, raw: bytes) -> None:
     """x-request-id is owned by the router and always a GUID, even on a 400 from the parser."""
     with RawConnection(stack.port) as conn:
         conn.send(raw)
-        answer = conn.read_response()
+        answer = conn.read_answer()
     assert answer.status == 400
     request_id = answer.header("x-request-id") or ""
     assert GUID.match(request_id.encode()), f"x-request-id {request_id!r}"
@@ -413,11 +298,11 @@ def test_pipelined_body_completed_after_first_answer(stack: Stack) -> None:
     second = request(cl(6), body=b"")
     with RawConnection(stack.port) as conn:
         conn.send(request(cl(3), body=b"one") + second + b"two")
-        first = conn.read_response()
+        first = conn.read_answer()
         assert first.status == 200, first.body
         assert_echo(first.json(), b"one")
         conn.send(b"two")
-        answer = conn.read_response()
+        answer = conn.read_answer()
         assert answer.status == 200, answer.body
         assert_echo(answer.json(), b"twotwo")
         probe_keeps_working(conn, "straddle")
@@ -430,8 +315,8 @@ def test_a_client_that_closes_its_side_is_gone(stack: Stack) -> None:
     with RawConnection(stack.port) as conn:
         conn.send(request(cl(3), body=b"one"))
         conn.sock.shutdown(socket.SHUT_WR)
-        if conn.buffer or conn._fill():
-            answer = conn.read_response()
+        if conn.buffer or conn.fill():
+            answer = conn.read_answer()
             assert answer.status == 200, answer.body
             assert_echo(answer.json(), b"one")
         conn.expect_closed()
@@ -449,10 +334,10 @@ def expect_head(version: bytes = b"HTTP/1.1", target: bytes = SCORE, length: int
 def test_expect_continue_then_final_answer(stack: Stack) -> None:
     with RawConnection(stack.port) as conn:
         conn.send(expect_head())
-        interim = conn.read_response()
+        interim = conn.read_answer()
         assert interim.status == 100, interim
         conn.send(b"hello")
-        final = conn.read_response()
+        final = conn.read_answer()
         assert final.status == 200, final.body
         assert_echo(final.json(), b"hello")
         assert "expect" not in final.json()["headers"]
@@ -466,7 +351,7 @@ def test_expect_continue_rejected_before_body(stack: Stack) -> None:
     log_start = stack.log_position()
     with RawConnection(stack.port) as conn:
         conn.send(expect_head(target=NO_SUCH_ENDPOINT, length=len(SMUGGLED)))
-        answer = conn.read_response()
+        answer = conn.read_answer()
         assert answer.status == 404, answer
         assert_router_error(answer)
         closes = answer.closes()
@@ -484,7 +369,7 @@ def test_expect_continue_rejected_before_body(stack: Stack) -> None:
 def test_expect_continue_body_too_large(stack: Stack) -> None:
     with RawConnection(stack.port) as conn:
         conn.send(expect_head(length=LIMITS["max_body_bytes"] + 1))
-        answer = conn.read_response()
+        answer = conn.read_answer()
         assert answer.status == 413, answer
         assert answer.closes()
         conn.expect_closed()
@@ -496,7 +381,7 @@ def test_expect_continue_ignored_on_http10(stack: Stack) -> None:
         # Once the replica has the head the router has decided about the interim answer.
         wait_until(lambda: stack.replica_stats()["inflight"] >= 1)
         conn.send(b"hello")
-        answer = conn.read_response()
+        answer = conn.read_answer()
         assert answer.status == 200, f"{answer.status} sent to an HTTP/1.0 client"
         assert_echo(answer.json(), b"hello")
 

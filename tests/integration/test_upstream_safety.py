@@ -13,17 +13,18 @@ well-formed JSON echo saying which of its connections carried it. For every case
   connection, which the follow-ups then reuse (the check can tell);
 - the deployment's slot is given back (admin: inflight 0); every wait is bounded.
 
-One router and one replica serve the whole module.
+A second scripted replica serves a mirror deployment: copies of live requests get its scripted
+answers (the live replica echoes the same requests), and must disturb no one either.
+
+One router and the two replicas serve the whole module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
+import collections
 import itertools
 import json
-import re
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,11 +35,14 @@ import pytest
 
 from inferfront.proxy.http import ERROR_CODES
 from tests.helpers import wait_until
+from tests.raw_http import Answer, Cut, RawConnection
 from tests.router import RouterFactory, RouterHandle
 
 ENDPOINT = "upstream"
 SINGLE = "single"  # the same replica, one request at a time: the others queue
 DEPLOYMENT = "blue"
+MIRRORED = "mirrored"  # blue, with a copy of every second request sent to SHADOW
+SHADOW = "shadow"  # the mirror deployment: its own replica, one request at a time
 READ_TIMEOUT = 3.0  # the longest wait for a byte from the router
 GATE_TIMEOUT = 5.0  # the longest a scripted replica waits for the test's go
 WAIT = 5.0  # the longest wait for a condition (a connection closed, a slot back)
@@ -80,6 +84,12 @@ def one_chunk(size_line: bytes) -> bytes:
 SECOND = answer(b"second answer", b"X-Case-Leak: second")
 CHUNKED_FIRST = head(CHUNKED) + chunks(b"first ", b"answer")
 
+# Header sections and trailers against the router's limits.max_header_bytes.
+MAX_HEADER_BYTES = 65536
+PAD = b"X-Case-Pad: " + b"p" * 1000 + b"\r\n"  # one header or trailer field of 1014 bytes
+HEAD_OPEN = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(FIRST)  # the head, unfinished
+LAST_CHUNK_OPEN = head(CHUNKED) + b"c\r\n" + FIRST + b"\r\n0\r\n"  # the trailer section next
+
 
 @dataclass(frozen=True)
 class Case:
@@ -88,6 +98,7 @@ class Case:
     writes: what the replica sends, write by write, once it has read the request. Each write
         after the first waits for the test's go, given once the client has what the write
         before produced: the whole answer, or for a CUT its first bytes.
+    back_to_back: the writes follow one another with no go (a section trickled in many writes).
     expect: ANSWER, ERROR or CUT; with ANSWER, `status` and `body` are what the client gets.
     reused: the answer leaves the connection in step, so the next request reuses it; otherwise
         the router must close it.
@@ -108,6 +119,7 @@ class Case:
     method: bytes = b"POST"
     early: bool = False
     hold: bool = False
+    back_to_back: bool = False
     check: Callable[[Answer], None] | None = field(default=None, compare=False)
 
 
@@ -310,6 +322,48 @@ CASES: list[Case] = [
         method=b"HEAD",
         check=length_of_first,
     ),
+    # -- How much an answer can make the router hold (MAX_HEADER_BYTES) ---------------------
+    # What counts is what was read while the head (or the trailer section) is unfinished: the
+    # end of the 100 kB head is held back, so however the router's reads split it, it has read
+    # more than the limit before the head could end. 200 kB stands for endless: the router
+    # must give up before the end.
+    Case("header-section-100kb", (HEAD_OPEN + PAD * 100, b"\r\n" + FIRST), ERROR),
+    Case(
+        "header-section-200kb-in-1kb-writes",
+        (HEAD_OPEN, *[PAD] * 200, b"\r\n" + FIRST),
+        ERROR,
+        back_to_back=True,
+    ),
+    Case(
+        "header-section-32kb-in-1kb-writes",
+        (HEAD_OPEN, *[PAD] * 32, b"\r\n" + FIRST),
+        ANSWER,
+        reused=True,
+        back_to_back=True,
+    ),
+    Case("endless-trailer", (LAST_CHUNK_OPEN, *[PAD] * 200, b"\r\n"), CUT, back_to_back=True),
+    Case(
+        "endless-trailer-field",
+        (LAST_CHUNK_OPEN + b"X-Case-Leak: ", *[b"t" * 1000] * 200, b"\r\n\r\n"),
+        CUT,
+        back_to_back=True,
+    ),
+    Case(
+        "trailer-32kb-in-1kb-writes",
+        (LAST_CHUNK_OPEN, *[PAD] * 32, b"\r\n"),
+        ANSWER,
+        reused=True,
+        back_to_back=True,
+    ),
+    # Chunk framing counts only since body data last came: 100 kB of it in all is fine.
+    Case(
+        "chunk-extensions-100kb-in-all",
+        (head(CHUNKED), *[b"1;" + b"e" * 1000 + b"\r\nx\r\n"] * 100, b"0\r\n\r\n"),
+        ANSWER,
+        body=b"x" * 100,
+        reused=True,
+        back_to_back=True,
+    ),
     # -- An answer before the request is complete ------------------------------------------
     Case("answer-before-request-body", (answer(),), ANSWER, early=True),
 ]
@@ -317,6 +371,16 @@ CASES: list[Case] = [
 # The first answer and a second one in one write, held until the test has a request queued
 # behind it (see test_waiter_granted_the_slot_gets_its_own_answer).
 HELD_SPLIT = Case("held-two-answers", (answer() + SECOND,), ANSWER, hold=True)
+
+# The mirror replica's answers to copies (see the mirror tests).
+MIRROR_SPLIT = Case("mirror-two-answers", (answer() + SECOND,), ANSWER, hold=True)
+MIRROR_CLOSE_DELIMITED = Case(
+    "mirror-close-delimited", (head(b"Connection: close") + FIRST,), ANSWER, replica_closes=True
+)
+MIRROR_HEAD = Case(
+    "mirror-head", (head(b"Content-Length: %d" % len(FIRST)),), ANSWER, method=b"HEAD"
+)
+MIRROR_CASES = [MIRROR_SPLIT, MIRROR_CLOSE_DELIMITED, MIRROR_HEAD]
 
 
 # ==========================================================================================
@@ -397,7 +461,7 @@ class ScriptedReplica:
         if not case.early:
             await self._read_body(reader, fields)
         for index, data in enumerate(case.writes):
-            if index or case.hold:
+            if (index and not case.back_to_back) or (not index and case.hold):
                 await asyncio.wait_for(gate.acquire(), GATE_TIMEOUT)
             writer.write(data)
             await writer.drain()
@@ -415,123 +479,6 @@ class ScriptedReplica:
 
 
 # ==========================================================================================
-# A strict HTTP/1.1 client over a raw socket
-# ==========================================================================================
-
-STATUS_LINE = re.compile(rb"^HTTP/1\.1 (\d{3}) [^\r\n]*$")
-
-
-class Cut(Exception):
-    """The router ended the connection before the answer was complete."""
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: list[tuple[str, str]]  # names lowercased, in order
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        values = [value for key, value in self.headers if key == name]
-        assert len(values) <= 1, f"{name} repeated: {values}"
-        return values[0] if values else None
-
-    def closes(self) -> bool:
-        return "close" in (self.header("connection") or "").lower()
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class RawClient:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT)
-        self.buffer = b""
-        self.eof = False
-
-    def __enter__(self) -> RawClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        if self.eof:
-            return False
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            raise AssertionError(f"nothing within {READ_TIMEOUT}s: {self.buffer[:200]!r}") from None
-        except OSError as exc:
-            if exc.errno != errno.ECONNRESET:
-                raise
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.buffer += data
-        return True
-
-    def wait_for_bytes(self) -> None:
-        while not self.buffer:
-            if not self._fill():
-                raise Cut("closed before any byte")
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buffer:
-            if not self._fill():
-                raise Cut(f"closed mid-line: {self.buffer[:200]!r}")
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        assert b"\n" not in line and b"\r" not in line, f"bare CR/LF in {line!r}"
-        return line
-
-    def _exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            if not self._fill():
-                raise Cut(f"closed after {len(self.buffer)} of {size} body bytes")
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def read_answer(self, head: bool = False) -> Answer:
-        """The next answer; Cut if the connection ends first."""
-        status_line = self._line()
-        match = STATUS_LINE.match(status_line)
-        assert match, f"bad status line {status_line!r}"
-        answer = Answer(int(match.group(1)), [])
-        while line := self._line():
-            name, colon, value = line.partition(b":")
-            assert colon and name and name.strip() == name, f"bad header line {line!r}"
-            answer.headers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
-        length = answer.header("content-length")
-        coding = answer.header("transfer-encoding")
-        assert length is None or coding is None, f"both framings: {answer.headers}"
-        if head or answer.status < 200 or answer.status in (204, 304):
-            return answer
-        if coding is not None:
-            assert coding == "chunked", coding
-            while size := int(self._line(), 16):
-                answer.body += self._exactly(size)
-                assert self._line() == b"", "chunk data not followed by CRLF"
-            assert self._line() == b"", "trailer fields sent to the client"
-        elif length is not None:
-            assert length.isdigit(), length
-            answer.body = self._exactly(int(length))
-        else:
-            while self._fill():
-                pass
-            answer.body, self.buffer = self.buffer, b""
-        return answer
-
-    def expect_closed(self) -> None:
-        while self._fill():
-            pass
-        assert not self.buffer, f"bytes after the last answer: {self.buffer[:300]!r}"
-
-
-# ==========================================================================================
 # The router and replica shared by the module
 # ==========================================================================================
 
@@ -540,45 +487,72 @@ class RawClient:
 class Stack:
     router: RouterHandle
     replica: ScriptedReplica
+    mirror: ScriptedReplica
 
-    def inflight(self, endpoint: str = ENDPOINT) -> int:
-        return self.router.deployment(endpoint, DEPLOYMENT)["inflight"]
+    def inflight(self, endpoint: str = ENDPOINT, deployment: str = DEPLOYMENT) -> int:
+        return self.router.deployment(endpoint, deployment)["inflight"]
+
+    def shadow_responses(self) -> collections.Counter[str]:
+        return collections.Counter(self.router.deployment(MIRRORED, SHADOW)["responses"])
 
 
-def _endpoint(name: str, url: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _deployment(name: str, url: str, concurrency: int) -> dict[str, Any]:
+    settings = {
+        "max_concurrent_requests_per_instance": concurrency,
+        "request_timeout_ms": 5000,
+        "max_queue_wait_ms": 5000,
+    }
+    return {"name": name, "urls": [url], "request_settings": settings}
+
+
+def _endpoint(name: str, *deployments: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
         "auth_mode": "none",
         "traffic": {DEPLOYMENT: 100},
-        "deployments": [{"name": DEPLOYMENT, "urls": [url], "request_settings": settings}],
+        "deployments": list(deployments),
+        **extra,
     }
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     replica = ScriptedReplica({case.name: case for case in [*CASES, HELD_SPLIT]})
+    mirror = ScriptedReplica({case.name: case for case in MIRROR_CASES})
     routers = RouterFactory(Path(tmp_path_factory.mktemp("upstream-safety")))
-    bounded = {"request_timeout_ms": 5000, "max_queue_wait_ms": 5000}
     config = {
         # No retries: each case request reaches the replica exactly once.
-        "server": {"retries": 0, "drain_timeout_s": 0.5},
+        "server": {
+            "retries": 0,
+            "drain_timeout_s": 0.5,
+            "limits": {"max_header_bytes": MAX_HEADER_BYTES},
+        },
         "endpoints": [
+            _endpoint(ENDPOINT, _deployment(DEPLOYMENT, replica.url, 8)),
+            _endpoint(SINGLE, _deployment(DEPLOYMENT, replica.url, 1)),
             _endpoint(
-                ENDPOINT, replica.url, {"max_concurrent_requests_per_instance": 8, **bounded}
+                MIRRORED,
+                _deployment(DEPLOYMENT, replica.url, 8),
+                _deployment(SHADOW, mirror.url, 1),
+                mirror_traffic={SHADOW: 50},
             ),
-            _endpoint(SINGLE, replica.url, {"max_concurrent_requests_per_instance": 1, **bounded}),
         ],
     }
     try:
-        yield Stack(routers(config), replica)
+        yield Stack(routers(config), replica, mirror)
     finally:
         routers.stop_all()
         replica.close()
+        mirror.close()
 
 
 # ==========================================================================================
 # Requests and checks
 # ==========================================================================================
+
+
+def connect(stack: Stack) -> RawConnection:
+    return RawConnection(stack.router.port, READ_TIMEOUT)
 
 
 def case_request(case: Case, target: str, endpoint: str = ENDPOINT) -> bytes:
@@ -593,8 +567,11 @@ def case_request(case: Case, target: str, endpoint: str = ENDPOINT) -> bytes:
     return line + b"Content-Length: 4\r\n\r\n" + body
 
 
-def echo_request(tag: str, endpoint: str = ENDPOINT) -> bytes:
-    return f"GET /api/v1/endpoint/{endpoint}/echo/{tag} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+def echo_request(tag: str, endpoint: str = ENDPOINT, pin: str | None = None) -> bytes:
+    pinned = f"azureml-model-deployment: {pin}\r\n" if pin else ""
+    return (
+        f"GET /api/v1/endpoint/{endpoint}/echo/{tag} HTTP/1.1\r\nHost: h\r\n{pinned}\r\n".encode()
+    )
 
 
 def assert_own_echo(answer: Answer, tag: str) -> int:
@@ -606,8 +583,8 @@ def assert_own_echo(answer: Answer, tag: str) -> int:
     return echo["conn"]
 
 
-def echo(client: RawClient, tag: str, endpoint: str = ENDPOINT) -> int:
-    client.send(echo_request(tag, endpoint))
+def echo(client: RawConnection, tag: str, endpoint: str = ENDPOINT, pin: str | None = None) -> int:
+    client.send(echo_request(tag, endpoint, pin))
     return assert_own_echo(client.read_answer(), tag)
 
 
@@ -626,10 +603,10 @@ def assert_first_answer(answer: Answer, case: Case) -> None:
         case.check(answer)
 
 
-def receive(stack: Stack, client: RawClient, case: Case, target: str) -> Answer | None:
+def receive(stack: Stack, client: RawConnection, case: Case, target: str) -> Answer | None:
     """The case's outcome on the client connection (None for a cut), giving the replica its
     go for each held write when the client has what the write before produced."""
-    later_writes = len(case.writes) - 1
+    later_writes = 0 if case.back_to_back else len(case.writes) - 1
     if case.expect == CUT:
         if later_writes:
             client.wait_for_bytes()
@@ -666,14 +643,14 @@ def assert_connection_fate(stack: Stack, case: Case, target: str) -> int:
 
 
 def test_case_names_are_unique() -> None:
-    names = [case.name for case in [*CASES, HELD_SPLIT]]
+    names = [case.name for case in [*CASES, HELD_SPLIT, *MIRROR_CASES]]
     assert len(names) == len(set(names))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_answer(stack: Stack, case: Case) -> None:
     target = f"/case/{case.name}"
-    with RawClient(stack.router.port) as client:
+    with connect(stack) as client:
         client.send(case_request(case, target))
         answer = receive(stack, client, case, target)
         conn = assert_connection_fate(stack, case, target)
@@ -686,7 +663,7 @@ def test_answer(stack: Stack, case: Case) -> None:
         else:
             assert not case.early, "kept a client connection whose request body was never read"
             follow_ups.append(echo(client, f"{case.name}-same-client"))
-    with RawClient(stack.router.port) as other:
+    with connect(stack) as other:
         follow_ups.append(echo(other, f"{case.name}-other-client"))
     if case.reused:
         assert follow_ups == [conn] * len(follow_ups), "a connection in step was not reused"
@@ -704,7 +681,7 @@ def test_pipelined_request_gets_its_own_answer(stack: Stack, name: str) -> None:
     arrives: it starts in the same moment the first answer ends, and must not get the rest."""
     case = next(case for case in CASES if case.name == name)
     target = f"/case/{name}?pipelined"
-    with RawClient(stack.router.port) as client:
+    with connect(stack) as client:
         client.send(case_request(case, target) + echo_request(f"{name}-pipelined"))
         assert_first_answer(client.read_answer(), case)
         conn = assert_own_echo(client.read_answer(), f"{name}-pipelined")
@@ -716,7 +693,7 @@ def test_waiter_granted_the_slot_gets_its_own_answer(stack: Stack) -> None:
     """Another client's request queued for the one slot is granted it the moment the split
     answer ends: it must get its own answer, not the second one."""
     target = f"/case/{HELD_SPLIT.name}"
-    with RawClient(stack.router.port) as first, RawClient(stack.router.port) as waiter:
+    with connect(stack) as first, connect(stack) as waiter:
         first.send(case_request(HELD_SPLIT, target, SINGLE))
         wait_until(lambda: target in stack.replica.served, timeout=WAIT)
         waiter.send(echo_request("waiter", SINGLE))
@@ -732,8 +709,89 @@ def test_waiter_granted_the_slot_gets_its_own_answer(stack: Stack) -> None:
     wait_until(lambda: stack.inflight(SINGLE) == 0, timeout=WAIT, message="the slot is back")
 
 
+# ==========================================================================================
+# Mirrored copies: the mirror replica's answers disturb no one, and are counted right
+# ==========================================================================================
+
+
+def send_with_one_copy(stack: Stack, client: RawConnection, case: Case) -> str:
+    """Two requests for `case` to the mirrored endpoint: the client gets the live replica's echo
+    for each, and exactly one of them (mirror_traffic 50%) is copied to the mirror replica,
+    which answers the copy with the case's script. The request target."""
+    target = f"/case/{case.name}"
+    for _ in range(2):
+        client.send(case_request(case, target, MIRRORED))
+        live = client.read_answer(head=case.method == b"HEAD")
+        assert live.status == 200, (live.status, live.body[:300])
+        assert live.header("azureml-model-deployment") == DEPLOYMENT, live.headers
+        if case.method != b"HEAD":
+            assert live.json()["path"] == target, live.body
+    wait_until(lambda: target in stack.mirror.served, timeout=WAIT, message="the copy arrives")
+    return target
+
+
+def shadow_counts_once(stack: Stack, before: collections.Counter[str]) -> collections.Counter[str]:
+    """What the mirror deployment counted since `before`, once the copy is over."""
+    wait_until(lambda: stack.shadow_responses() != before, timeout=WAIT, message="a count")
+    wait_until(lambda: stack.inflight(MIRRORED, SHADOW) == 0, timeout=WAIT, message="slot back")
+    return stack.shadow_responses() - before
+
+
+def wait_queued(stack: Stack, length: int) -> None:
+    wait_until(
+        lambda: stack.router.deployment(MIRRORED, SHADOW)["queue_length"] == length,
+        timeout=WAIT,
+        message=f"{length} request(s) wait for the mirror deployment's slot",
+    )
+
+
+def test_mirror_answering_twice_disturbs_no_one(stack: Stack) -> None:
+    """The copy's replica answers twice in one write while the client's next request and
+    another client's wait for the mirror deployment's one slot (pinned to it). The slot and the
+    connection are given back only once the read is known clean: the copy counts its first
+    answer, its connection is dropped, and each waiter gets its own answer elsewhere."""
+    before = stack.shadow_responses()
+    skipped = stack.router.metric("inferfront_mirror_copies_skipped")
+    with connect(stack) as client, connect(stack) as other:
+        target = send_with_one_copy(stack, client, MIRROR_SPLIT)  # it holds the one slot
+        client.send(echo_request("client-pinned", MIRRORED, pin=SHADOW))
+        wait_queued(stack, 1)
+        other.send(echo_request("other-pinned", MIRRORED, pin=SHADOW))
+        wait_queued(stack, 2)
+        stack.mirror.go(target)
+        used = {
+            assert_own_echo(client.read_answer(), "client-pinned"),
+            assert_own_echo(other.read_answer(), "other-pinned"),
+        }
+        echo(client, "client-after", MIRRORED, pin=DEPLOYMENT)  # pinned: not copied
+    copy_conn = stack.mirror.served[target]
+    assert copy_conn not in used, "a waiter was given the copy's out-of-step connection"
+    wait_until(lambda: copy_conn in stack.mirror.closed, timeout=WAIT, message="it is dropped")
+    assert shadow_counts_once(stack, before) == {"200": 3}  # the copy, and the two waiters
+    assert stack.router.metric("inferfront_mirror_copies_skipped") == skipped
+
+
+def test_mirror_answer_ended_by_the_close_counts_as_answered(stack: Stack) -> None:
+    before = stack.shadow_responses()
+    with connect(stack) as client:
+        target = send_with_one_copy(stack, client, MIRROR_CLOSE_DELIMITED)
+    assert shadow_counts_once(stack, before) == {"200": 1}
+    assert stack.mirror.served[target] in stack.mirror.closed
+
+
+def test_mirror_copy_of_a_head_request_ends_at_its_head(stack: Stack) -> None:
+    """No body follows an answer to HEAD: the copy ends at the head (and drops the connection,
+    as a live HEAD request does) instead of waiting for its deadline."""
+    before = stack.shadow_responses()
+    with connect(stack) as client:
+        target = send_with_one_copy(stack, client, MIRROR_HEAD)
+    assert shadow_counts_once(stack, before) == {"200": 1}
+    conn = stack.mirror.served[target]
+    wait_until(lambda: conn in stack.mirror.closed, timeout=WAIT, message="it is dropped")
+
+
 def test_router_healthy_after_bad_answers(stack: Stack) -> None:
-    with RawClient(stack.router.port) as client:
+    with connect(stack) as client:
         echo(client, "healthy")
     assert stack.router.process.poll() is None, "the router process died"
     errors = [line for line in stack.router.stderr if "Traceback" in line or "Error" in line]
