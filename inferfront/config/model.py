@@ -139,7 +139,8 @@ def _raise_if_any(violations: list[tuple[Location, str]]) -> None:
 
 
 class Limits(_Settings):
-    """HTTP parsing limits of the request listener."""
+    """HTTP parsing limits: of clients' requests, and (`max_header_bytes`) of replicas' answers
+    too, whose header section and chunk framing are held to the same bound."""
 
     max_request_line_bytes: PositiveInt = 8192
     max_header_bytes: PositiveInt = 65536
