@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,9 @@ class Settings:
     # hey's synchronized bursts (reported alongside).
     open_loop_clients: int = 50
     open_loop_rate_per_client: int = 100
+    # Scale rows: more, shorter runs, each configuration's run right next to the base's, so the
+    # median of the paired ratios shrugs off a neighbour's burst that lands on a few of them.
+    scale_rounds: int = 6
 
     @property
     def run_s(self) -> int:
@@ -316,8 +320,10 @@ def _take_turns(
     names: Sequence[str],
     measure_once: Callable[[str], S],
     summarize: Callable[[list[S]], dict[str, Any]],
+    rounds: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Measure every target `rounds` times, taking turns (A B C A B C), and summarize each.
+    """Measure every target `rounds` times (default: the settings'), taking turns (A B C A B C),
+    and summarize each.
 
     Load from elsewhere on the machine comes and goes; taking turns spreads it over all targets
     instead of letting it land on whichever ran at that moment. A target that fails is recorded
@@ -325,11 +331,12 @@ def _take_turns(
     """
     samples: dict[str, list[S]] = {name: [] for name in names}
     failures: dict[str, str] = {}
-    for round_number in range(1, run.settings.rounds + 1):
+    rounds = rounds or run.settings.rounds
+    for round_number in range(1, rounds + 1):
         for name in names:
             if name in failures:
                 continue
-            log(f"{what}: {name}, run {round_number}/{run.settings.rounds}")
+            log(f"{what}: {name}, run {round_number}/{rounds}")
             try:
                 samples[name].append(measure_once(name))
             except HarnessError as error:
@@ -341,9 +348,13 @@ def _take_turns(
     }
 
 
-def _closed_loop(run: Run, what: str, targets: dict[str, Target]) -> dict[str, dict[str, Any]]:
+def _closed_loop(
+    run: Run, what: str, targets: dict[str, Target], rounds: int | None = None
+) -> dict[str, dict[str, Any]]:
     settings = run.settings
     connections = settings.wrk_connections
+    rounds = rounds or settings.rounds
+    run_s = max(1, settings.duration_s // rounds)
     warmed: dict[str, Target] = {}
     results: dict[str, dict[str, Any]] = {}
     for name, target in targets.items():
@@ -358,9 +369,7 @@ def _closed_loop(run: Run, what: str, targets: dict[str, Target]) -> dict[str, d
     def measure_once(name: str) -> tuple[loadgen.ClosedLoopResult, float | None, float]:
         target = warmed[name]
         proxy_before, model_before = cpu_seconds(target.proxy_pid), cpu_seconds(run.model_pid)
-        result = loadgen.run_wrk(
-            target.port, target.paths, settings.run_s, run.workdir, connections
-        )
+        result = loadgen.run_wrk(target.port, target.paths, run_s, run.workdir, connections)
         proxy_s = cpu_seconds(target.proxy_pid) - proxy_before
         model_s = cpu_seconds(run.model_pid) - model_before
         log(f"  {result.requests_per_s:,.0f} requests/s, {result.errors} errors")
@@ -373,13 +382,14 @@ def _closed_loop(run: Run, what: str, targets: dict[str, Target]) -> dict[str, d
         model_s = sum(model_s for _, _, model_s in parts)
         return {
             **asdict(combined),
+            "runs_requests_per_s": [result.requests_per_s for result, _, _ in parts],
             # CPU time per request (user + system, from /proc): the work each process does per
             # request, which a busy neighbour changes far less than throughput.
             "proxy_cpu_us_per_request": sum(proxy_times) / requests * 1e6 if proxy_times else None,
             "model_cpu_us_per_request": model_s / requests * 1e6,
         }
 
-    results.update(_take_turns(run, what, list(warmed), measure_once, summarize))
+    results.update(_take_turns(run, what, list(warmed), measure_once, summarize, rounds))
     return results
 
 
@@ -444,7 +454,7 @@ def _scale_row(run: Run, row: ScaleRow, base_port: int, base_pid: int) -> dict[s
             "base": Target(base_port, (BENCH_ENDPOINT_PATH,), base_pid),
             "row": Target(port, paths, router.pid),
         }
-        measured = _closed_loop(run, f"scale {row.label}", targets)
+        measured = _closed_loop(run, f"scale {row.label}", targets, run.settings.scale_rounds)
         latency = _paced_latency(run, f"scale {row.label}", targets)
     except HarnessError as error:
         run.record_error(f"scale {row.label}: {error}")
@@ -454,9 +464,19 @@ def _scale_row(run: Run, row: ScaleRow, base_port: int, base_pid: int) -> dict[s
     return {
         "result": measured["row"],
         "base": measured["base"],
+        "paired_ratio_median": _paired_ratio_median(measured["row"], measured["base"]),
         "latency": latency["row"],
         "base_latency": latency["base"],
     }
+
+
+def _paired_ratio_median(row: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """Median over rounds of row / base throughput, each pair measured one right after the other."""
+    if "error" in row or "error" in base:
+        return None
+    pairs = zip(row["runs_requests_per_s"], base["runs_requests_per_s"], strict=False)
+    ratios = [mine / theirs for mine, theirs in pairs if theirs]
+    return statistics.median(ratios) if ratios else None
 
 
 def _paced_latency(run: Run, what: str, targets: dict[str, Target]) -> dict[str, dict[str, Any]]:

@@ -288,7 +288,9 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
             rows.append([label, *["-"] * 6, target, "NOT MEASURED: " + reason])
             checks.append(Check("scale", label, target, "NOT MEASURED", reason))
             continue
-        ratio = result["requests_per_s"] / base["requests_per_s"]
+        ratio = row.get("paired_ratio_median")
+        if ratio is None:  # results saved before paired runs: the ratio of the totals
+            ratio = result["requests_per_s"] / base["requests_per_s"]
         verdict = _scale_verdict(result, base, ratio)
         checks.append(Check("scale", label, target, verdict, _fmt_ratio(ratio)))
         rows.append(
@@ -307,7 +309,9 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
     explanation = (
         "Closed-loop throughput (wrk as above) and latency at the open-loop rate. Base: a second "
         "router with 1 replica and 1 endpoint, running at the same time and taking turns with "
-        "the configuration measured. Replica rows: one endpoint whose deployment lists "
+        "the configuration measured, in short runs one right after the other; vs base is the "
+        "median of those pairs' ratios (requests/s columns: all runs together). Replica rows: "
+        "one endpoint whose deployment lists "
         "N model addresses (one nginx listening on N ports). Endpoint rows: N endpoints, one "
         "replica each, requests spread over them round robin. CPU per request (user + system, "
         "from /proc) as row / base: the router's, and the model nginx's serving the same requests "
