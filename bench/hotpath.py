@@ -5,7 +5,7 @@ transports (a POST in, a small JSON answer back), so the figure is the router's 
 request alone: steadier than wall-clock load tests on a noisy machine, and the place to look
 first when optimising the hot path. `--profile` adds a cProfile listing (which inflates times).
 
-    python -m bench.hotpath [--requests N] [--profile]
+    python -m bench.hotpath [--requests N] [--profile] [--endpoints N]
 """
 
 from __future__ import annotations
@@ -86,41 +86,61 @@ CONFIG = {
 }
 
 
-async def measure(n: int, profile: bool) -> None:
+def _config(endpoints: int) -> dict:
+    """CONFIG with `endpoints` endpoints (bench-0, bench-1, ...) when more than one."""
+    if endpoints == 1:
+        return CONFIG
+    template = CONFIG["endpoints"][0]
+    return {
+        **CONFIG,
+        "endpoints": [{**template, "name": f"bench-{i}"} for i in range(endpoints)],
+    }
+
+
+async def measure(n: int, profile: bool, endpoints: int = 1) -> None:
     d = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
-    d.write_text(yaml.safe_dump(CONFIG))
+    d.write_text(yaml.safe_dump(_config(endpoints)))
     config = load_config(d)
-    endpoints = Endpoints(list(config.endpoints))
-    state = next(endpoints.deployments())
-    state.replica_added("r0", "127.0.0.1", 5603)
-    state.replica_ready("r0", True)
-    proxy = Proxy(endpoints, config.server.limits, retries=2, access_log=None)
-    pool = state.pools["127.0.0.1:5603"]
+    table = Endpoints(list(config.endpoints))
+    for state in table.deployments():
+        state.replica_added("r0", "127.0.0.1", 5603)
+        state.replica_ready("r0", True)
+    proxy = Proxy(table, config.server.limits, retries=2, access_log=None)
+    pool = table.pools.by_address["127.0.0.1:5603"]  # every endpoint's one replica: one pool
     upstream, upstream_transport = UpstreamConnection(pool), MemoryTransport()
     upstream.connection_made(upstream_transport)
     pool.idle.append(upstream)
     client, client_transport = ClientConnection(proxy), MemoryTransport()
     client.connection_made(client_transport)
+    # With several endpoints, requests go to each in turn (as `make bench`'s endpoint rows do).
+    requests = (
+        [REQUEST]
+        if endpoints == 1
+        else [REQUEST.replace(b"/bench/", f"/bench-{i}/".encode()) for i in range(endpoints)]
+    )
 
-    def one() -> None:
-        client.data_received(REQUEST)
+    def one(i: int) -> None:
+        client.data_received(requests[i % endpoints])
         upstream.data_received(ANSWER)
 
-    for _ in range(1000):  # warm up, and check the path really answers 200
-        one()
+    for i in range(max(1000, 3 * endpoints)):  # warm up, and check the path really answers 200
+        one(i)
     assert client_transport.out[-1].startswith(b"HTTP/1.1 200"), client_transport.out[-1][:100]
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    for _ in range(n):
-        one()
+    for i in range(n):
+        one(i)
         client_transport.out.clear()
         upstream_transport.out.clear()
     if profiler:
         profiler.disable()
     elapsed = time.perf_counter() - started
-    print(f"{elapsed / n * 1e6:.2f} us of Python per proxied request ({n:,} requests, no sockets)")
+    print(
+        f"{elapsed / n * 1e6:.2f} us of Python per proxied request "
+        f"({n:,} requests over {endpoints:,} endpoint(s), no sockets)"
+    )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
@@ -129,8 +149,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--endpoints", type=int, default=1, help="spread requests over this many endpoints"
+    )
     args = parser.parse_args()
-    uvloop.run(measure(args.requests, args.profile))
+    uvloop.run(measure(args.requests, args.profile, args.endpoints))
 
 
 if __name__ == "__main__":

@@ -237,8 +237,7 @@ def _replica_ports_needed(settings: Settings) -> int:
 def _measure_paths(run: Run, paths: list[str]) -> None:
     """Closed loop, then open loop, over the paths taking turns; servers started once."""
     started: list[Child] = []
-    targets: dict[str, int] = {}
-    closed: dict[str, Target] = {}
+    targets: dict[str, Target] = {}
     try:
         for path in paths:
             try:
@@ -250,11 +249,12 @@ def _measure_paths(run: Run, paths: list[str]) -> None:
                 run.results["open_loop"][path] = {"error": str(error)}
                 run.results["open_loop_bursts"][path] = {"error": str(error)}
                 continue
-            targets[path] = port
-            closed[path] = Target(port, (BENCH_ENDPOINT_PATH,), proxy.pid if proxy else None)
-        run.results["closed_loop"].update(_closed_loop(run, "closed loop", closed))
-        run.results["open_loop"].update(_open_loop(run, targets, bursts=False))
-        run.results["open_loop_bursts"].update(_open_loop(run, targets, bursts=True))
+            targets[path] = Target(port, (BENCH_ENDPOINT_PATH,), proxy.pid if proxy else None)
+        run.results["closed_loop"].update(_closed_loop(run, "closed loop", targets))
+        run.results["open_loop"].update(_open_loop(run, "open loop, paced", targets, bursts=False))
+        run.results["open_loop_bursts"].update(
+            _open_loop(run, "open loop, bursts", targets, bursts=True)
+        )
     finally:
         for child in started:
             run.children.stop(child)
@@ -393,18 +393,21 @@ def _closed_loop(
     return results
 
 
-def _open_loop(run: Run, ports: dict[str, int], bursts: bool) -> dict[str, dict[str, Any]]:
-    """Latency at a fixed rate: evenly paced (h2load), or in synchronized bursts (hey)."""
+def _open_loop(
+    run: Run, what: str, targets: dict[str, Target], bursts: bool
+) -> dict[str, dict[str, Any]]:
+    """Latency at the open-loop rate, taking turns: evenly paced (h2load, over each target's
+    paths), or in synchronized bursts (hey, on its first path)."""
     settings = run.settings
     clients, rate = settings.open_loop_clients, settings.open_loop_rate_per_client
 
     def measure_once(name: str) -> loadgen.OpenLoopSample:
-        port = ports[name]
+        target = targets[name]
         if bursts:
-            sample = loadgen.run_hey(port, BENCH_ENDPOINT_PATH, settings.run_s, clients, rate)
+            sample = loadgen.run_hey(target.port, target.paths[0], settings.run_s, clients, rate)
         else:
             sample = loadgen.run_h2load_paced(
-                port, (BENCH_ENDPOINT_PATH,), settings.run_s, run.workdir, clients, rate
+                target.port, target.paths, settings.run_s, run.workdir, clients, rate
             )
         log(f"  {len(sample.latencies_ms) / sample.duration_s:,.0f}/s answered")
         return sample
@@ -412,8 +415,7 @@ def _open_loop(run: Run, ports: dict[str, int], bursts: bool) -> dict[str, dict[
     def summarize(samples: list[loadgen.OpenLoopSample]) -> dict[str, Any]:
         return asdict(loadgen.summarize_open_loop(samples))
 
-    what = "open loop, bursts" if bursts else "open loop, paced"
-    return _take_turns(run, what, list(ports), measure_once, summarize)
+    return _take_turns(run, what, list(targets), measure_once, summarize)
 
 
 def _measure_scale(run: Run) -> None:
@@ -455,7 +457,9 @@ def _scale_row(run: Run, row: ScaleRow, base_port: int, base_pid: int) -> dict[s
             "row": Target(port, paths, router.pid),
         }
         measured = _closed_loop(run, f"scale {row.label}", targets, run.settings.scale_rounds)
-        latency = _paced_latency(run, f"scale {row.label}", targets)
+        # Does a request take longer with many replicas or endpoints while the router is not
+        # saturated?
+        latency = _open_loop(run, f"scale {row.label}, paced latency", targets, bursts=False)
     except HarnessError as error:
         run.record_error(f"scale {row.label}: {error}")
         return {"result": {"error": str(error)}, "base": {"error": "not measured"}}
@@ -477,28 +481,6 @@ def _paired_ratio_median(row: dict[str, Any], base: dict[str, Any]) -> float | N
     pairs = zip(row["runs_requests_per_s"], base["runs_requests_per_s"], strict=False)
     ratios = [mine / theirs for mine, theirs in pairs if theirs]
     return statistics.median(ratios) if ratios else None
-
-
-def _paced_latency(run: Run, what: str, targets: dict[str, Target]) -> dict[str, dict[str, Any]]:
-    """Latency at the open-loop rate (paced, as in the open-loop section), taking turns: does a
-    request take longer with many replicas or endpoints while the router is not saturated?"""
-    settings = run.settings
-
-    def measure_once(name: str) -> loadgen.OpenLoopSample:
-        target = targets[name]
-        return loadgen.run_h2load_paced(
-            target.port,
-            target.paths,
-            settings.run_s,
-            run.workdir,
-            settings.open_loop_clients,
-            settings.open_loop_rate_per_client,
-        )
-
-    def summarize(samples: list[loadgen.OpenLoopSample]) -> dict[str, Any]:
-        return asdict(loadgen.summarize_open_loop(samples))
-
-    return _take_turns(run, f"{what}, paced latency", list(targets), measure_once, summarize)
 
 
 def _measure_memory(run: Run) -> None:

@@ -124,11 +124,10 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._broken(exchange, "replica answered with a protocol upgrade")
         except httptools.HttpParserError as exc:
+            # A callback's own verdict (BadAnswer) says more than llhttp's wrapper of it.
             cause = exc.__context__
-            if isinstance(cause, BadAnswer):
-                self._broken(exchange, f"replica sent a malformed response: {cause}")
-            else:
-                self._broken(exchange, f"replica sent a malformed response: {exc}")
+            reason = cause if isinstance(cause, BadAnswer) else exc
+            self._broken(exchange, f"replica sent a malformed response: {reason}")
         else:
             if not self.answer_ended:  # the answer goes on in a later read
                 if self.framing_bytes is None or self._count_framing(exchange, len(data)):
