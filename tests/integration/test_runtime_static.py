@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from inferfront.runtime.probes import HealthTracker, ProbeSpec, probe_http
+from inferfront.runtime.probes import HealthTracker, ProbeSpec, ReadinessWatch, probe_http
 from inferfront.runtime.static import StaticRuntime
 from tests.conftest import ModelServerFactory
 from tests.helpers import async_wait_until, free_port
@@ -189,6 +189,20 @@ def test_health_tracker_counts_consecutive_results() -> None:
     assert tracker.observe(False) is False and not tracker.healthy
     tracker.force(True)
     assert tracker.observe(False) is None  # forcing starts the count over
+
+
+def test_the_ready_pace_starts_at_a_random_point_of_its_period() -> None:
+    # Replicas that turn ready together must not be probed in the same instant every period.
+    watch = ReadinessWatch("127.0.0.1", 9, ProbeSpec(period=10.0), 0.1, on_change=print)
+    firsts = []
+    for _ in range(20):
+        assert watch._interval() == 0.1  # not ready: the start-up pace
+        watch.tracker.force(True)
+        firsts.append(watch._interval())
+        assert watch._interval() == 10.0  # then the period itself
+        watch.tracker.force(False)  # out again: the next ready spell picks a new point
+    assert all(0.5 <= first <= 10.0 for first in firsts), firsts
+    assert len(set(firsts)) > 1, firsts
 
 
 def test_probe_spec_defaults_and_validation() -> None:
