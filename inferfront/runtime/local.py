@@ -62,13 +62,13 @@ from typing import Any
 from inferfront.runtime.base import ReplicaEvents
 from inferfront.runtime.logs import ReplicaLog
 from inferfront.runtime.ports import pick_free_port
+from inferfront.runtime.probe_client import probe_http
 from inferfront.runtime.probes import (
     HealthTracker,
     ProbeSpec,
     ReadinessWatch,
     ReplicaInfo,
     ReplicaState,
-    probe_http,
 )
 
 STABLE_UPTIME_S = 30.0  # up this long: a crash starts the backoff over

@@ -1,5 +1,6 @@
-"""Health probing shared by the replica runtimes: probe settings, the HTTP probe, and the
-consecutive-result counting that turns single probe results into health changes."""
+"""Health probing shared by the replica runtimes: probe settings, the consecutive-result
+counting that turns single probe results into health changes, and the readiness watch that
+probes one replica on its pace (the HTTP client itself is in `probe_client`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-ReplicaState = Literal["starting", "ready", "unready", "draining"]
+from inferfront.runtime.probe_client import ProbeClient
 
-_MAX_POLITE_BODY = 64 * 1024  # probe bodies larger than this are not read before closing
-_MAX_HEADER_LINES = 100
+ReplicaState = Literal["starting", "ready", "unready", "draining"]
 
 
 @dataclass(frozen=True)
@@ -90,65 +90,6 @@ class HealthTracker:
         return healthy
 
 
-async def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
-    """GET http://host:port{path} once; True for a 200-399 answer within `timeout` seconds.
-
-    A tiny HTTP/1.1 client on asyncio streams (probes must never block the event loop, and
-    a client library would be heavier than needed for one status line). Any error is a failure.
-    """
-    status: int | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(_request(host, port, path))
-                await writer.drain()
-                status = _parse_status_line(await reader.readline())
-                if status is not None:
-                    await _read_rest_politely(reader)
-            finally:
-                writer.close()
-    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
-        pass  # status stays as far as we got: a slow body after a good status line is fine
-    return status is not None and 200 <= status < 400
-
-
-def _request(host: str, port: int, path: str) -> bytes:
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return (
-        f"GET {path} HTTP/1.1\r\n"
-        f"Host: {authority}\r\n"
-        "User-Agent: inferfront-probe\r\n"
-        "Accept: */*\r\n"
-        "Connection: close\r\n"
-        "\r\n"
-    ).encode("latin-1")
-
-
-def _parse_status_line(line: bytes) -> int | None:
-    """`HTTP/1.1 200 OK` -> 200; anything else -> None."""
-    parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        return None
-    return int(parts[1])
-
-
-async def _read_rest_politely(reader: asyncio.StreamReader) -> None:
-    """Read headers and a small Content-Length body, so the server does not see a reset for
-    closing on unread data. Never reads to EOF: a server ignoring `Connection: close` would
-    otherwise hold the probe until its timeout."""
-    content_length = 0
-    for _ in range(_MAX_HEADER_LINES):
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            content_length = int(value.strip())
-    if 0 < content_length <= _MAX_POLITE_BODY:
-        await reader.readexactly(content_length)
-
-
 class ReadinessWatch:
     """Probes one replica's readiness until cancelled and reports each change to `on_change`.
 
@@ -174,6 +115,7 @@ class ReadinessWatch:
         self.spec = spec
         self.startup_poll_s = startup_poll_s
         self.tracker = HealthTracker(spec, healthy=False)
+        self.client = ProbeClient(host, port, spec.path, spec.timeout)
         self._on_change = on_change
         self._pace_changed = asyncio.Event()
         self._phase_chosen = False  # the ready pace's random first wait was taken
@@ -184,12 +126,15 @@ class ReadinessWatch:
 
     async def run(self) -> None:
         """Wait a turn, probe, repeat (cancel the task to stop)."""
-        while True:
-            await self._wait_turn()
-            await self.probe_once()
+        try:
+            while True:
+                await self._wait_turn()
+                await self.probe_once()
+        finally:
+            self.client.close()
 
     async def probe_once(self) -> None:
-        ok = await probe_http(self.host, self.port, self.spec.path, self.spec.timeout)
+        ok = await self.client.probe()
         change = self.tracker.observe(ok)
         if change is not None:
             self._on_change(change)
@@ -198,6 +143,7 @@ class ReadinessWatch:
         """Mark not ready (counting starts over); True if it was ready until now."""
         was_ready = self.tracker.healthy
         self.tracker.force(False)
+        self.client.fresh_connection()  # connects failed: a kept connection would hide that
         self._pace_changed.set()  # cut a long ready-pace wait short
         return was_ready
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from inferfront.admin.server import AdminServer
 from inferfront.cluster.local import LocalMembership
 from inferfront.cluster.membership import Member
-from inferfront.runtime.probes import probe_http
+from inferfront.runtime.probe_client import probe_http
 from inferfront.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:

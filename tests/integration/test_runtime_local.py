@@ -18,7 +18,8 @@ import pytest
 
 from inferfront.runtime import local
 from inferfront.runtime.local import Lineage, LocalProcessRuntime, next_restart
-from inferfront.runtime.probes import ProbeSpec, probe_http
+from inferfront.runtime.probe_client import probe_http
+from inferfront.runtime.probes import ProbeSpec
 from tests.helpers import REPO_ROOT, async_wait_until
 
 MODEL_SERVER = ["python", "-m", "tests.servers.model_server", "--port", "{port}"]

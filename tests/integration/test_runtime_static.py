@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from inferfront.runtime.probes import HealthTracker, ProbeSpec, ReadinessWatch, probe_http
+from inferfront.runtime.probe_client import probe_http
+from inferfront.runtime.probes import HealthTracker, ProbeSpec, ReadinessWatch
 from inferfront.runtime.static import StaticRuntime
 from tests.conftest import ModelServerFactory
 from tests.helpers import async_wait_until, free_port
