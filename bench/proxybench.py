@@ -273,7 +273,7 @@ def _start_path(run: Run, path: str, started: list[Child]) -> tuple[int, Child |
         log("starting nginx as reverse proxy")
         started.append(
             servers.start_nginx_proxy(
-                run.children, run.workdir, port, run.model_ports[0], run.open_files
+                run.children, run.workdir, port, run.model_ports[:1], run.open_files
             )
         )
         return port, started[-1]
@@ -420,25 +420,41 @@ def _open_loop(
 
 def _measure_scale(run: Run) -> None:
     """Each configuration against a 1-replica, 1-endpoint router running at the same time, the
-    two taking turns, so the 10% margin is not eaten by drift between separate runs."""
+    two taking turns, so the 10% margin is not eaten by drift between separate runs; then the
+    reference, nginx, at the same count against nginx with one upstream, the same way."""
+    started: list[Child] = []
     try:
         base_port = run.ports.take_one()
         base_config = servers.router_config(["bench"], run.model_ports[:1])
-        base = _start_router(run, "inferfront-base", base_config, base_port)
+        started.append(_start_router(run, "inferfront-base", base_config, base_port))
+        base = Target(base_port, (BENCH_ENDPOINT_PATH,), started[-1].pid)
+        nginx_port = run.ports.take_one()
+        started.append(
+            servers.start_nginx_proxy(
+                run.children,
+                run.workdir,
+                nginx_port,
+                run.model_ports[:1],
+                run.open_files,
+                name="nginx-base",
+            )
+        )
+        nginx_base = Target(nginx_port, (BENCH_ENDPOINT_PATH,), started[-1].pid)
+        rows = [
+            {**asdict(row), **_scale_row(run, row, base), **_nginx_scale_row(run, row, nginx_base)}
+            for row in run.settings.scale_rows
+        ]
     except HarnessError as error:
         run.record_error(f"scale: {error}")
         run.results["scale"] = {"error": str(error)}
         return
-    rows = []
-    try:
-        for row in run.settings.scale_rows:
-            rows.append({**asdict(row), **_scale_row(run, row, base_port, base.pid)})
     finally:
-        run.children.stop(base)
+        for child in started:
+            run.children.stop(child)
     run.results["scale"] = {"rows": rows}
 
 
-def _scale_row(run: Run, row: ScaleRow, base_port: int, base_pid: int) -> dict[str, Any]:
+def _scale_row(run: Run, row: ScaleRow, base: Target) -> dict[str, Any]:
     names = servers.endpoint_names(row.endpoints)
     paths = [servers.ENDPOINT_PATH.format(name=name) for name in names]
     config = servers.router_config(names, run.model_ports[: row.replicas])
@@ -452,10 +468,7 @@ def _scale_row(run: Run, row: ScaleRow, base_port: int, base_pid: int) -> dict[s
     try:
         for path in dict.fromkeys([paths[0], paths[-1]]):
             servers.check_answers_like_the_model(port, path)
-        targets = {
-            "base": Target(base_port, (BENCH_ENDPOINT_PATH,), base_pid),
-            "row": Target(port, paths, router.pid),
-        }
+        targets = {"base": base, "row": Target(port, paths, router.pid)}
         measured = _closed_loop(run, f"scale {row.label}", targets, run.settings.scale_rounds)
         # Does a request take longer with many replicas or endpoints while the router is not
         # saturated?
@@ -471,6 +484,44 @@ def _scale_row(run: Run, row: ScaleRow, base_port: int, base_pid: int) -> dict[s
         "paired_ratio_median": _paired_ratio_median(measured["row"], measured["base"]),
         "latency": latency["row"],
         "base_latency": latency["base"],
+    }
+
+
+def _nginx_scale_row(run: Run, row: ScaleRow, base: Target) -> dict[str, Any]:
+    """The reference at the same count: nginx with as many upstream servers (replica rows) or
+    locations (endpoint rows), against nginx with one, measured the same way."""
+    paths = [servers.ENDPOINT_PATH.format(name=n) for n in servers.endpoint_names(row.endpoints)]
+    port = run.ports.take_one()
+    log(f"scale: starting nginx with {row.label}")
+    try:
+        nginx = servers.start_nginx_proxy(
+            run.children,
+            run.workdir,
+            port,
+            run.model_ports[: row.replicas],
+            run.open_files,
+            endpoint_paths=paths if row.endpoints > 1 else (),
+            name=f"nginx-{row.replicas}r-{row.endpoints}e",
+        )
+    except HarnessError as error:
+        run.record_error(f"scale nginx {row.label}: {error}")
+        return {"nginx": {"error": str(error)}}
+    try:
+        for path in dict.fromkeys([paths[0], paths[-1]]):
+            servers.check_answers_like_the_model(port, path)
+        targets = {"base": base, "row": Target(port, paths, nginx.pid)}
+        measured = _closed_loop(run, f"scale nginx {row.label}", targets, run.settings.scale_rounds)
+    except HarnessError as error:
+        run.record_error(f"scale nginx {row.label}: {error}")
+        return {"nginx": {"error": str(error)}}
+    finally:
+        run.children.stop(nginx)
+    return {
+        "nginx": {
+            "result": measured["row"],
+            "base": measured["base"],
+            "paired_ratio_median": _paired_ratio_median(measured["row"], measured["base"]),
+        }
     }
 
 

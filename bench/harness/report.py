@@ -285,7 +285,7 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         label, result, base = row["label"], row["result"], row["base"]
         if "error" in result or "error" in base:
             reason = _first_line(result if "error" in result else base)
-            rows.append([label, *["-"] * 6, target, "NOT MEASURED: " + reason])
+            rows.append([label, *["-"] * 7, target, "NOT MEASURED: " + reason])
             checks.append(Check("scale", label, target, "NOT MEASURED", reason))
             continue
         ratio = row.get("paired_ratio_median")
@@ -299,6 +299,7 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
                 f"{result['requests_per_s']:,.0f}",
                 f"{base['requests_per_s']:,.0f}",
                 _fmt_ratio(ratio),
+                _nginx_vs_base(row.get("nginx")),
                 _cpu_pair(result, base, "proxy_cpu_us_per_request"),
                 _cpu_pair(result, base, "model_cpu_us_per_request"),
                 _latency_vs_base(row.get("latency"), row.get("base_latency")),
@@ -318,21 +319,30 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         "on the other end of the router's connections. Latency at the open-loop rate (paced, "
         "as above): average and p99 of the configuration, and in brackets how much longer than "
         "the base's in the same run; the router is then far from saturated, so this is what "
-        "many replicas or endpoints cost one request."
+        "many replicas or endpoints cost one request. Reference (no target): nginx as a proxy "
+        "with as many upstream servers (round robin, a keep-alive cache with room for all) or as "
+        "many locations, against nginx with one, measured the same way in the same run."
     )
     header = [
         "configuration",
         "requests/s",
         "base requests/s",
         "vs base",
+        "nginx: same vs its base",
         "router CPU us/request",
         "model CPU us/request",
         "ms at open-loop rate: avg, p99 (vs base)",
         "target",
         "result",
     ]
-    table = _table(header, rows, numeric_columns={1, 2, 3, 4, 5, 6})
+    table = _table(header, rows, numeric_columns={1, 2, 3, 4, 5, 6, 7})
     return f"{title}\n\n{explanation}\n\n{table}"
+
+
+def _nginx_vs_base(nginx: Mapping[str, Any] | None) -> str:
+    if not nginx or "error" in nginx or nginx.get("paired_ratio_median") is None:
+        return "-"
+    return _fmt_ratio(nginx["paired_ratio_median"])
 
 
 def _latency_vs_base(latency: Mapping[str, Any] | None, base: Mapping[str, Any] | None) -> str:

@@ -115,12 +115,34 @@ def start_model(children: Children, workdir: Path, ports: Sequence[int], open_fi
 
 
 def start_nginx_proxy(
-    children: Children, workdir: Path, port: int, model_port: int, open_files: int
+    children: Children,
+    workdir: Path,
+    port: int,
+    model_ports: Sequence[int],
+    open_files: int,
+    endpoint_paths: Sequence[str] = (),
+    name: str = "nginx-proxy",
 ) -> Child:
-    """nginx with one worker proxying to the model over pooled keep-alive connections."""
-    values = {"PORT": str(port), "UPSTREAM_PORT": str(model_port), **_nginx_limits(open_files)}
-    child = _start_nginx(children, "nginx-proxy", workdir, "proxy.conf.template", values)
-    wait_until(lambda: _answers(port, "/"), 30, "nginx proxy", lambda: _exited(child))
+    """nginx with one worker proxying round robin to `model_ports` over pooled keep-alive
+    connections; with `endpoint_paths`, one location block per path (as many routes as a
+    router with that many endpoints), each proxying to the same upstream servers."""
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in model_ports)
+    # Room for an idle connection to every server: a smaller cache would reconnect per request.
+    keepalive = max(64, 2 * len(model_ports))
+    locations = "\n".join(
+        f"        location = {path} {{ proxy_pass http://model; proxy_http_version 1.1; "
+        'proxy_set_header Connection ""; }'
+        for path in endpoint_paths
+    )
+    values = {
+        "PORT": str(port),
+        "UPSTREAM_SERVERS": servers,
+        "KEEPALIVE": str(keepalive),
+        "ENDPOINT_LOCATIONS": locations,
+        **_nginx_limits(open_files),
+    }
+    child = _start_nginx(children, name, workdir, "proxy.conf.template", values)
+    wait_until(lambda: _answers(port, "/"), 30, name, lambda: _exited(child))
     return child
 
 
