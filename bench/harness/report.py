@@ -292,13 +292,14 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         if ratio is None:  # results saved before paired runs: the ratio of the totals
             ratio = result["requests_per_s"] / base["requests_per_s"]
         verdict = _scale_verdict(result, base, ratio)
-        checks.append(Check("scale", label, target, verdict, _fmt_ratio(ratio)))
+        # Three digits: a ratio of 0.896 shown as 0.90 would contradict its FAIL.
+        checks.append(Check("scale", label, target, verdict, _fmt_ratio(ratio, 3)))
         rows.append(
             [
                 label,
                 f"{result['requests_per_s']:,.0f}",
                 f"{base['requests_per_s']:,.0f}",
-                _fmt_ratio(ratio),
+                _fmt_ratio(ratio, 3),
                 _nginx_vs_base(row.get("nginx")),
                 _cpu_pair(result, base, "proxy_cpu_us_per_request"),
                 _cpu_pair(result, base, "model_cpu_us_per_request"),
@@ -427,8 +428,8 @@ def _rate(result: Mapping[str, Any] | None) -> float | None:
     return result["requests_per_s"]
 
 
-def _fmt_ratio(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}"
+def _fmt_ratio(ratio: float | None, digits: int = 2) -> str:
+    return "-" if ratio is None else f"{ratio:.{digits}f}"
 
 
 def _fmt_us(value: float | None) -> str:
