@@ -131,7 +131,11 @@ class ReadinessWatch:
                 await self._wait_turn()
                 await self.probe_once()
         finally:
-            self.client.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the kept probe connection (`run` does so when cancelled)."""
+        self.client.close()
 
     async def probe_once(self) -> None:
         ok = await self.client.probe()

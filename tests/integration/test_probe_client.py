@@ -4,10 +4,13 @@ a kept connection never turns into a false answer."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from inferfront.runtime.probe_client import ProbeClient
 from inferfront.runtime.probes import ProbeSpec, ReadinessWatch
+from inferfront.runtime.static import StaticRuntime
+from tests.integration.test_runtime_local import RecordingEvents
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nHealthy"
 CLOSE = None  # script answer: close the connection without answering
@@ -23,6 +26,8 @@ class ScriptedServer:
         self.requests: list[list[bytes]] = []
         self.server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task] = set()
+        self.open_connections = 0
+        self.all_closed = asyncio.Event()  # set whenever no connection is open
 
     async def __aenter__(self) -> ScriptedServer:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -50,6 +55,8 @@ class ScriptedServer:
         seen: list[bytes] = []
         self.requests.append(seen)
         index = len(self.requests) - 1
+        self.open_connections += 1
+        self.all_closed.clear()
         try:
             while True:
                 try:
@@ -66,6 +73,9 @@ class ScriptedServer:
                 await writer.drain()
         finally:
             writer.close()
+            self.open_connections -= 1
+            if not self.open_connections:
+                self.all_closed.set()
 
 
 async def test_probes_share_one_connection_while_the_target_keeps_it() -> None:
@@ -156,3 +166,21 @@ async def test_a_reported_failure_makes_the_next_probe_connect_anew() -> None:
         watch.client.close()
     assert watch.client.connections_opened == 2
     assert [len(seen) for seen in server.requests] == [2, 1]
+
+
+async def test_stopping_a_static_runtime_closes_its_probe_connections() -> None:
+    # start() probes each replica once and keeps the connections for the probing tasks: a
+    # stop right after must close them.
+    async with ScriptedServer(lambda c, n: OK) as server:
+        runtime = StaticRuntime(
+            "ext",
+            [("127.0.0.1", server.port)] * 3,
+            RecordingEvents(),
+            readiness=ProbeSpec(path="/health"),
+            log=logging.getLogger("tests.probe_client"),
+        )
+        await runtime.start()
+        assert server.open_connections == 3
+        await runtime.stop(1.0)
+        await asyncio.wait_for(server.all_closed.wait(), 5.0)
+        assert [len(seen) for seen in server.requests] == [1, 1, 1]
