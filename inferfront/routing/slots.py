@@ -4,14 +4,18 @@ Pure policy: no I/O, no clock, no asyncio. The proxy (or a remote coordinator) c
 `try_acquire` / `enqueue` / `release`; when a slot frees and someone waits, the table hands the
 slot straight to the oldest waiter by calling `waiter.grant(replica)`.
 
-Replicas sit in buckets keyed by their requests in flight; each bucket is an insertion-ordered
-map, so picking the least-loaded replica and moving one between buckets are O(1), and replicas
-with equal load are taken in least-recently-used order (ties spread evenly).
+Replicas sit in buckets keyed by their requests in flight; each bucket is a circular doubly
+linked list threaded through the replicas themselves (oldest first), so picking the
+least-loaded replica and moving one between buckets are O(1), and replicas with equal load are
+taken in least-recently-used order (ties spread evenly). Linked through the replicas rather
+than kept in one OrderedDict per bucket: a request then touches the replica it takes and two
+small bucket heads, not two hash tables; with 1,000 deployments or replicas each request finds
+these cold in the CPU cache, so fewer lines touched is what keeps it fast.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Protocol
 
 
@@ -32,7 +36,9 @@ class Replica:
         "host",
         "inflight",
         "name",
+        "next",
         "port",
+        "prev",
         "ready",
         "routable",
         "table",
@@ -48,9 +54,31 @@ class Replica:
         self.draining = False  # being stopped: never routable again
         self.routable = False  # in the pick buckets: ready and not draining
         self.table: SlotTable | None = None  # the table it is in (None: not in one, or removed)
+        # Neighbours in its table's bucket while it is in one (see SlotTable._levels).
+        self.next: Replica | _Bucket | None = None
+        self.prev: Replica | _Bucket | None = None
 
     def __repr__(self) -> str:
         return f"Replica({self.name!r}, {self.address}, inflight={self.inflight})"
+
+
+class _Bucket:
+    """Head of one load level's circular list of replicas; empty when it points at itself."""
+
+    __slots__ = ("next", "prev")
+
+    def __init__(self) -> None:
+        self.next: Replica | _Bucket = self
+        self.prev: Replica | _Bucket = self
+
+
+def _unlink(replica: Replica) -> None:
+    """Take `replica` out of its bucket. Its links are cleared: unlinking it twice (a broken
+    invariant) fails loudly instead of corrupting a bucket."""
+    before, after = replica.prev, replica.next
+    before.next = after  # type: ignore[union-attr]
+    after.prev = before  # type: ignore[union-attr]
+    replica.prev = replica.next = None
 
 
 class QueueFull(Exception):
@@ -78,9 +106,10 @@ class SlotTable:
         self.limit = limit
         self.max_queued = max_queued
         self.replicas: dict[str, Replica] = {}
-        # _levels[k] holds routable replicas with k requests in flight (k < limit only). The
-        # list grows only as far as load reaches: a limit of 1,000 costs nothing until used.
-        self._levels: list[OrderedDict[Replica, None]] = [OrderedDict()]
+        # _levels[k] holds routable replicas with k requests in flight (k < limit only), least
+        # recently moved there first. The list grows only as far as load reaches: a limit of
+        # 1,000 costs nothing until used.
+        self._levels: list[_Bucket] = [_Bucket()]
         self._lowest = 0  # no routable replica with a free slot sits below this level
         self._queue: deque[Waiter] = deque()
         self.queued = 0  # active waiters in _queue (cancelled ones are skipped lazily)
@@ -137,7 +166,7 @@ class SlotTable:
 
     def _move(self, replica: Replica, inflight: int) -> None:
         if replica.routable and replica.inflight < self.limit:
-            del self._levels[replica.inflight][replica]
+            _unlink(replica)
         replica.inflight = inflight
         if replica.routable and inflight < self.limit:
             self._put(replica, inflight)
@@ -155,7 +184,7 @@ class SlotTable:
                 self._lowest = min(self._lowest, level)
             self._dispatch()
         elif level < self.limit:
-            del self._levels[level][replica]
+            _unlink(replica)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -199,7 +228,7 @@ class SlotTable:
         self.inflight -= 1
         if replica.routable and level <= self.limit:  # above the limit only after a rebuild
             if level < self.limit:
-                del self._levels[level][replica]
+                _unlink(replica)
             self._put(replica, level - 1)
             if level - 1 < self._lowest:
                 self._lowest = level - 1
@@ -219,18 +248,25 @@ class SlotTable:
     # -- internals --------------------------------------------------------------------------
 
     def _put(self, replica: Replica, level: int) -> None:
+        """Append `replica` to the bucket of `level` (it must be in none)."""
         levels = self._levels
         while len(levels) <= level:
-            levels.append(OrderedDict())
-        levels[level][replica] = None
+            levels.append(_Bucket())
+        bucket = levels[level]
+        last = bucket.prev
+        replica.prev = last
+        replica.next = bucket
+        last.next = replica
+        bucket.prev = replica
 
     def _take(self) -> Replica | None:
         levels = self._levels
         level = self._lowest
         while level < len(levels):
             bucket = levels[level]
-            if bucket:
-                replica, _ = bucket.popitem(last=False)
+            replica = bucket.next
+            if replica is not bucket:
+                _unlink(replica)  # type: ignore[arg-type]
                 if level + 1 < self.limit:
                     self._put(replica, level + 1)
                 replica.inflight = level + 1
