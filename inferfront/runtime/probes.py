@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from inferfront.runtime.probe_client import ProbeClient
+from inferfront.runtime.probe_client import probe_http
 
 ReplicaState = Literal["starting", "ready", "unready", "draining"]
 
@@ -115,7 +115,6 @@ class ReadinessWatch:
         self.spec = spec
         self.startup_poll_s = startup_poll_s
         self.tracker = HealthTracker(spec, healthy=False)
-        self.client = ProbeClient(host, port, spec.path, spec.timeout)
         self._on_change = on_change
         self._pace_changed = asyncio.Event()
         self._phase_chosen = False  # the ready pace's random first wait was taken
@@ -126,19 +125,12 @@ class ReadinessWatch:
 
     async def run(self) -> None:
         """Wait a turn, probe, repeat (cancel the task to stop)."""
-        try:
-            while True:
-                await self._wait_turn()
-                await self.probe_once()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Close the kept probe connection (`run` does so when cancelled)."""
-        self.client.close()
+        while True:
+            await self._wait_turn()
+            await self.probe_once()
 
     async def probe_once(self) -> None:
-        ok = await self.client.probe()
+        ok = await probe_http(self.host, self.port, self.spec.path, self.spec.timeout)
         change = self.tracker.observe(ok)
         if change is not None:
             self._on_change(change)
@@ -147,7 +139,6 @@ class ReadinessWatch:
         """Mark not ready (counting starts over); True if it was ready until now."""
         was_ready = self.tracker.healthy
         self.tracker.force(False)
-        self.client.fresh_connection()  # connects failed: a kept connection would hide that
         self._pace_changed.set()  # cut a long ready-pace wait short
         return was_ready
 

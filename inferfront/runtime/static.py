@@ -152,8 +152,6 @@ class StaticRuntime:
             task.cancel()
         await asyncio.gather(*probing, return_exceptions=True)
         for replica in self._replicas:
-            if replica.readiness is not None:
-                replica.readiness.close()  # start() may have probed, then been cancelled
             replica.state = "draining"
             self._events.replica_draining(replica.name)
         await self._wait_drained(asyncio.get_running_loop().time() + max(timeout, 0.0))

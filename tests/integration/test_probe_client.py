@@ -1,20 +1,17 @@
-"""The probe client against real loopback servers: it keeps its connection between probes, and
-a kept connection never turns into a false answer."""
+"""The probe client against real loopback servers: one connection per probe, closed by the
+probe; the first answer's status line decides, and no answer can hold a probe past its need."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
-from inferfront.runtime.probe_client import ProbeClient
-from inferfront.runtime.probes import ProbeSpec, ReadinessWatch
-from inferfront.runtime.static import StaticRuntime
-from tests.integration.test_runtime_local import RecordingEvents
+from inferfront.runtime.probe_client import probe_http
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nHealthy"
 CLOSE = None  # script answer: close the connection without answering
 HANG = b""  # script answer: read on, never answer
+HOLD_OPEN = b"\x00hold"  # appended to an answer: send what comes before, then keep the connection
 
 
 class ScriptedServer:
@@ -45,8 +42,8 @@ class ScriptedServer:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
-    def client(self, timeout: float = 2.0) -> ProbeClient:
-        return ProbeClient("127.0.0.1", self.port, "/health", timeout)
+    async def probe(self, timeout: float = 2.0) -> bool:
+        return await probe_http("127.0.0.1", self.port, "/health", timeout)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -69,8 +66,12 @@ class ScriptedServer:
                 if answer == HANG:
                     await reader.read()
                     return
-                writer.write(answer)
+                hold = answer.endswith(HOLD_OPEN)
+                writer.write(answer.removesuffix(HOLD_OPEN))
                 await writer.drain()
+                if hold:
+                    await reader.read()  # until the client closes
+                    return
         finally:
             writer.close()
             self.open_connections -= 1
@@ -78,109 +79,52 @@ class ScriptedServer:
                 self.all_closed.set()
 
 
-async def test_probes_share_one_connection_while_the_target_keeps_it() -> None:
+async def test_each_probe_opens_its_own_connection_and_asks_for_it_to_close() -> None:
+    # Kept connections would hold one of the replica's connection slots between probes.
     async with ScriptedServer(lambda c, n: OK) as server:
-        client = server.client()
-        assert [await client.probe() for _ in range(5)] == [True] * 5
-        client.close()
-    assert [len(seen) for seen in server.requests] == [5]
-    assert client.connections_opened == 1
+        assert [await server.probe() for _ in range(3)] == [True] * 3
+        await asyncio.wait_for(server.all_closed.wait(), 5.0)
+    assert [len(seen) for seen in server.requests] == [1, 1, 1]
     first = server.requests[0][0]
-    assert first.startswith(b"GET /health HTTP/1.1\r\n") and b"Connection: close" not in first
+    assert first.startswith(b"GET /health HTTP/1.1\r\n") and b"Connection: close\r\n" in first
 
 
-async def test_a_kept_connection_closed_by_the_target_is_not_a_failure() -> None:
-    # Each connection answers once, then closes on the next request without answering (an
-    # idle timeout racing the probe): every probe still succeeds, each retried on a new one.
-    async with ScriptedServer(lambda c, n: OK if n == 0 else CLOSE) as server:
-        client = server.client()
-        assert [await client.probe() for _ in range(3)] == [True] * 3
-        client.close()
-    assert client.connections_opened == 3
-    assert [len(seen) for seen in server.requests] == [2, 2, 1]
-
-
-async def test_a_bad_answer_on_a_kept_connection_is_a_failure_without_a_second_try() -> None:
-    answers = [OK, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", OK]
-    async with ScriptedServer(lambda c, n: answers[n]) as server:
-        client = server.client()
-        assert [await client.probe() for _ in range(3)] == [True, False, True]
-        client.close()
-    assert client.connections_opened == 1
-
-
-async def test_answers_that_end_the_connection_or_leave_a_body_unread_are_not_reused() -> None:
-    answers = {
-        "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+async def test_answers_whose_body_is_not_read_still_count_and_do_not_hold_the_probe() -> None:
+    # The replica keeps the connection open after these heads; the probe must not wait for the
+    # rest (its timeout is far above the bound below).
+    heads = {
         "to eof": b"HTTP/1.0 302 Found\r\nLocation: /x\r\n\r\n",
         "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n",
         "large": b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000,
+        "unhealthy": b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n",
     }
-    for name, answer in answers.items():
-        async with ScriptedServer(lambda c, n, a=answer: a) as server:
-            client = server.client()
-            assert [await client.probe() for _ in range(2)] == [True, True], name
-            client.close()
-        assert client.connections_opened == 2, name
+    for name, head in heads.items():
+        async with ScriptedServer(lambda c, n, h=head: h + HOLD_OPEN) as server:
+            result = await asyncio.wait_for(server.probe(timeout=60.0), 10.0)
+        assert result is (name != "unhealthy"), name
 
 
-async def test_a_bodiless_answer_keeps_the_connection() -> None:
-    async with ScriptedServer(lambda c, n: b"HTTP/1.1 204 No Content\r\n\r\n") as server:
-        client = server.client()
-        assert [await client.probe() for _ in range(3)] == [True] * 3
-        client.close()
-    assert client.connections_opened == 1
+async def test_a_good_status_line_counts_when_its_small_body_stalls_past_the_timeout() -> None:
+    # A small body of known length is waited for (closing on unread data would make the
+    # replica's kernel send a reset); when it stalls, the timeout ends the probe, and the
+    # status line already read decides.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 10
+    async with ScriptedServer(lambda c, n: answer + HOLD_OPEN) as server:
+        assert await server.probe(timeout=0.3) is True
 
 
-async def test_silence_fails_the_probe_and_the_next_one_connects_anew() -> None:
-    async with ScriptedServer(lambda c, n: HANG if (c, n) == (0, 1) else OK) as server:
-        client = server.client(timeout=0.3)
-        assert [await client.probe() for _ in range(3)] == [True, False, True]
-        client.close()
-    assert client.connections_opened == 2
-
-
-async def test_bytes_nobody_asked_for_drop_the_connection() -> None:
-    # The first answer carries a second, unrequested one (a 503 that must not count): the
-    # connection is out of step.
+async def test_only_the_first_answer_counts() -> None:
     extra = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
-    async with ScriptedServer(lambda c, n: OK + extra if c == 0 else OK) as server:
-        client = server.client()
-        assert await client.probe()
-        assert await client.probe()
-        client.close()
-    assert client.connections_opened == 2
+    async with ScriptedServer(lambda c, n: OK + extra) as server:
+        assert await server.probe() is True
+    async with ScriptedServer(lambda c, n: extra + OK) as server:
+        assert await server.probe() is False
 
 
-async def test_a_reported_failure_makes_the_next_probe_connect_anew() -> None:
-    # The proxy saw connects fail: a probe over the old connection would hide exactly that.
-    async with ScriptedServer(lambda c, n: OK) as server:
-        watch = ReadinessWatch(
-            "127.0.0.1", server.port, ProbeSpec(path="/health"), 0.1, on_change=print
-        )
-        await watch.probe_once()
-        await watch.probe_once()
-        assert watch.ready and watch.client.connections_opened == 1
-        assert watch.report_failure() is True
-        await watch.probe_once()
-        watch.client.close()
-    assert watch.client.connections_opened == 2
-    assert [len(seen) for seen in server.requests] == [2, 1]
-
-
-async def test_stopping_a_static_runtime_closes_its_probe_connections() -> None:
-    # start() probes each replica once and keeps the connections for the probing tasks: a
-    # stop right after must close them.
-    async with ScriptedServer(lambda c, n: OK) as server:
-        runtime = StaticRuntime(
-            "ext",
-            [("127.0.0.1", server.port)] * 3,
-            RecordingEvents(),
-            readiness=ProbeSpec(path="/health"),
-            log=logging.getLogger("tests.probe_client"),
-        )
-        await runtime.start()
-        assert server.open_connections == 3
-        await runtime.stop(1.0)
-        await asyncio.wait_for(server.all_closed.wait(), 5.0)
-        assert [len(seen) for seen in server.requests] == [1, 1, 1]
+async def test_garbage_silence_and_a_closed_connection_are_failures() -> None:
+    async with ScriptedServer(lambda c, n: b"garbage\r\n\r\n") as server:
+        assert await server.probe() is False
+    async with ScriptedServer(lambda c, n: HANG) as server:
+        assert await server.probe(timeout=0.3) is False
+    async with ScriptedServer(lambda c, n: CLOSE) as server:
+        assert await server.probe() is False
