@@ -60,6 +60,9 @@ class DeploymentStats:
     counters cold in the CPU cache, and a fast request's three counts and the sums then share
     one or two cache lines instead of three histogram objects with a list each.
     `queue_wait`, `upstream` and `total` are copies for readers (the /metrics scrape).
+
+    Most requests take a slot at once: a zero queue wait is not written per request but
+    counted at read time (every request is in `total`), two fewer updates on the hot path.
     """
 
     __slots__ = ("counts", "responses", "retries")
@@ -77,10 +80,11 @@ class DeploymentStats:
         responses = self.responses
         responses[status] = responses.get(status, 0) + 1
         counts = self.counts
-        counts[0] += queue_s
+        if queue_s:
+            counts[0] += queue_s
+            counts[3 + 3 * bisect_left(LATENCY_BUCKETS, queue_s)] += 1
         counts[1] += upstream_s
         counts[2] += total_s
-        counts[3 + 3 * bisect_left(LATENCY_BUCKETS, queue_s)] += 1
         counts[4 + 3 * bisect_left(LATENCY_BUCKETS, upstream_s)] += 1
         counts[5 + 3 * bisect_left(LATENCY_BUCKETS, total_s)] += 1
 
@@ -100,4 +104,7 @@ class DeploymentStats:
         histogram = Histogram()
         histogram.counts = [int(n) for n in self.counts[_PHASES + phase :: _PHASES]]
         histogram.sum = float(self.counts[phase])
+        if phase == 0:  # the requests that did not wait: in the first bucket
+            requests = sum(self.counts[_PHASES + 2 :: _PHASES])
+            histogram.counts[0] += requests - sum(histogram.counts)
         return histogram

@@ -278,3 +278,17 @@ def test_cumulative_buckets() -> None:
     assert buckets[-1] == ("+Inf", 5)
     counts = [count for _, count in buckets]
     assert counts == sorted(counts)
+
+
+def test_requests_that_did_not_wait_count_in_the_first_queue_wait_bucket() -> None:
+    # A zero wait is not written per request; the histogram still counts every request.
+    stats = DeploymentStats()
+    stats.record(200, 0.0, 0.01, 0.01)
+    stats.record(200, 0.0, 0.02, 0.02)
+    stats.record(503, 0.3, 0.0, 0.3)
+    queue_wait = stats.queue_wait
+    assert queue_wait.count == 3 and queue_wait.sum == pytest.approx(0.3)
+    assert queue_wait.counts[0] == 2
+    assert queue_wait.counts[LATENCY_BUCKETS.index(0.5)] == 1
+    assert stats.upstream.count == 3 and stats.total.count == 3
+    assert cumulative_buckets(queue_wait)[-1] == ("+Inf", 3)
