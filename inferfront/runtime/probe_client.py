@@ -12,6 +12,7 @@ keep-alive connections) would then answer real requests 503.
 from __future__ import annotations
 
 import asyncio
+from weakref import WeakKeyDictionary
 
 import httptools
 
@@ -35,6 +36,64 @@ async def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
             transport.close()
     status = exchange.status
     return status is not None and 200 <= status < 400
+
+
+class SharedProbes:
+    """Probe results shared by everything in one event loop that probes the same target:
+    deployments listing the same replica address (one multi-model server behind many
+    endpoints) send one probe where each would send its own.
+
+    A caller takes the result of a probe of the same target (host, port, path, timeout) that
+    started at most `max_age_s` ago, waiting for it if it is still under way; otherwise it
+    probes, and others may take its result.
+    """
+
+    _by_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, SharedProbes] = WeakKeyDictionary()
+    _PRUNE_ABOVE = 256  # targets remembered before old results are dropped
+    _FORGET_AFTER_S = 60.0
+
+    def __init__(self) -> None:
+        # target -> (when its last probe started, that probe's result once known)
+        self._recent: dict[tuple[str, int, str, float], tuple[float, asyncio.Future[bool]]] = {}
+
+    @classmethod
+    def for_running_loop(cls) -> SharedProbes:
+        loop = asyncio.get_running_loop()
+        shared = cls._by_loop.get(loop)
+        if shared is None:
+            shared = cls._by_loop[loop] = cls()
+        return shared
+
+    async def probe(
+        self, host: str, port: int, path: str, timeout: float, max_age_s: float
+    ) -> bool:
+        loop = asyncio.get_running_loop()
+        target = (host, port, path, timeout)
+        now = loop.time()
+        recent = self._recent.get(target)
+        if recent is not None and now - recent[0] <= max_age_s:
+            result = recent[1]
+            if not result.done():
+                await asyncio.wait((result,))  # raises only if this caller is cancelled
+            if not result.cancelled():
+                return result.result()
+            # Its prober was cancelled before it knew: probe here.
+        result = loop.create_future()
+        self._recent[target] = (now, result)
+        try:
+            ok = await probe_http(host, port, path, timeout)
+        except BaseException:
+            result.cancel()
+            raise
+        result.set_result(ok)
+        if len(self._recent) > self._PRUNE_ABOVE:
+            self._forget_older_than(now - self._FORGET_AFTER_S)
+        return ok
+
+    def _forget_older_than(self, started: float) -> None:
+        for target, (when, _) in list(self._recent.items()):
+            if when < started:
+                del self._recent[target]
 
 
 def _request(host: str, port: int, path: str) -> bytes:

@@ -10,9 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from inferfront.runtime.probe_client import probe_http
+from inferfront.runtime.probe_client import SharedProbes, probe_http
 
 ReplicaState = Literal["starting", "ready", "unready", "draining"]
+
+# A shared probe result is taken when it is at most half the taker's pace old, and never older
+# than this: a watch sees its replica about as soon as with probes of its own.
+SHARED_RESULT_MAX_AGE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ class ReadinessWatch:
     The first wait at the ready pace is a random part of the period: replicas that turned ready
     together (a router starting with 1,000 of them) would otherwise be probed in the same
     instant every period, a burst the requests of that moment wait behind.
+
+    With `share`, watches of the same address and probe share recent results (`SharedProbes`):
+    a server behind many deployments gets one probe, not one per deployment. After a reported
+    failure the next probe is always its own.
     """
 
     def __init__(
@@ -109,6 +117,7 @@ class ReadinessWatch:
         spec: ProbeSpec,
         startup_poll_s: float,
         on_change: Callable[[bool], None],
+        share: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -118,6 +127,8 @@ class ReadinessWatch:
         self._on_change = on_change
         self._pace_changed = asyncio.Event()
         self._phase_chosen = False  # the ready pace's random first wait was taken
+        self.share = share
+        self._own_probe_next = False  # a failure was reported: no result from before it
 
     @property
     def ready(self) -> bool:
@@ -130,7 +141,16 @@ class ReadinessWatch:
             await self.probe_once()
 
     async def probe_once(self) -> None:
-        ok = await probe_http(self.host, self.port, self.spec.path, self.spec.timeout)
+        spec = self.spec
+        if self.share:
+            pace = spec.period if self.tracker.healthy else self.startup_poll_s
+            max_age = 0.0 if self._own_probe_next else min(SHARED_RESULT_MAX_AGE_S, pace / 2)
+            self._own_probe_next = False
+            ok = await SharedProbes.for_running_loop().probe(
+                self.host, self.port, spec.path, spec.timeout, max_age
+            )
+        else:
+            ok = await probe_http(self.host, self.port, spec.path, spec.timeout)
         change = self.tracker.observe(ok)
         if change is not None:
             self._on_change(change)
@@ -139,6 +159,7 @@ class ReadinessWatch:
         """Mark not ready (counting starts over); True if it was ready until now."""
         was_ready = self.tracker.healthy
         self.tracker.force(False)
+        self._own_probe_next = True
         self._pace_changed.set()  # cut a long ready-pace wait short
         return was_ready
 

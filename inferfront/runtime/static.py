@@ -75,6 +75,7 @@ class StaticRuntime:
                 self._readiness,
                 self._startup_poll_s,
                 on_change=lambda ready, r=replica: self._readiness_changed(r, ready),
+                share=True,  # other deployments may list the same servers
             )
             self._events.replica_added(replica.name, replica.host, replica.port)
         await asyncio.gather(*(self._watch(r).probe_once() for r in self._replicas))

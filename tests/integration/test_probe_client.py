@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
+from inferfront.runtime import probes
 from inferfront.runtime.probe_client import probe_http
+from inferfront.runtime.probes import ProbeSpec, ReadinessWatch
+from tests.helpers import async_wait_until
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nHealthy"
 CLOSE = None  # script answer: close the connection without answering
@@ -128,3 +133,73 @@ async def test_garbage_silence_and_a_closed_connection_are_failures() -> None:
         assert await server.probe(timeout=0.3) is False
     async with ScriptedServer(lambda c, n: CLOSE) as server:
         assert await server.probe() is False
+
+
+# -- watches of the same target share probes --------------------------------------------------
+
+
+def watch(server: ScriptedServer, share: bool = True, path: str = "/health") -> ReadinessWatch:
+    spec = ProbeSpec(path=path, period=10.0)
+    return ReadinessWatch(
+        "127.0.0.1", server.port, spec, 0.1, on_change=lambda ready: None, share=share
+    )
+
+
+@pytest.fixture
+def results_kept_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Results are shared for at most a second; a stalled test machine must not end the sharing
+    # between two calls the test makes back to back.
+    monkeypatch.setattr(probes, "SHARED_RESULT_MAX_AGE_S", 60.0)
+
+
+@pytest.mark.usefixtures("results_kept_long")
+async def test_watches_of_one_server_share_its_probes() -> None:
+    # Three deployments listing the same server: one probe between them, at start and later.
+    async with ScriptedServer(lambda c, n: OK) as server:
+        watches = [watch(server) for _ in range(3)]
+        await asyncio.gather(*(w.probe_once() for w in watches))
+        assert all(w.ready for w in watches)
+        for w in watches:
+            await w.probe_once()
+    assert len(server.requests) == 1
+
+
+@pytest.mark.usefixtures("results_kept_long")
+async def test_after_a_reported_failure_the_next_probe_is_its_own() -> None:
+    # A result from before the proxy saw connects fail must not bring the replica back.
+    async with ScriptedServer(lambda c, n: OK) as server:
+        first, second = watch(server), watch(server)
+        await first.probe_once()
+        await second.probe_once()
+        assert len(server.requests) == 1
+        assert first.report_failure() is True
+        await first.probe_once()
+        assert len(server.requests) == 2 and first.ready
+        await second.probe_once()  # the other still takes the newest shared result
+    assert len(server.requests) == 2
+
+
+@pytest.mark.usefixtures("results_kept_long")
+async def test_unshared_watches_and_other_paths_probe_for_themselves() -> None:
+    async with ScriptedServer(lambda c, n: OK) as server:
+        for w in (watch(server, share=False), watch(server, share=False)):
+            await w.probe_once()
+        assert len(server.requests) == 2
+        for w in (watch(server, path="/a"), watch(server, path="/b")):
+            await w.probe_once()
+        assert len(server.requests) == 4
+
+
+@pytest.mark.usefixtures("results_kept_long")
+async def test_when_the_shared_probe_is_cancelled_the_waiter_probes_itself() -> None:
+    async with ScriptedServer(lambda c, n: HANG if c == 0 else OK) as server:
+        owner, waiter = watch(server), watch(server)
+        owner_probe = asyncio.create_task(owner.probe_once())
+        await async_wait_until(lambda: server.requests and server.requests[0], 5.0)
+        # The waiter runs first (tasks start in order) and waits for the owner's result; then
+        # the owner is cancelled before it has one.
+        waiter_probe = asyncio.create_task(waiter.probe_once())
+        owner_probe.cancel()
+        await asyncio.wait_for(waiter_probe, 5.0)
+        assert waiter.ready and not owner.ready
+    assert len(server.requests) == 2
