@@ -71,7 +71,9 @@ class SharedProbes:
         target = (host, port, path, timeout)
         now = loop.time()
         recent = self._recent.get(target)
-        if recent is not None and now - recent[0] <= max_age_s:
+        # Strictly younger: uvloop's clock moves in milliseconds, and a max age of 0 must
+        # always mean a probe of the caller's own.
+        if recent is not None and now - recent[0] < max_age_s:
             result = recent[1]
             if not result.done():
                 await asyncio.wait((result,))  # raises only if this caller is cancelled
