@@ -18,6 +18,9 @@ THROUGHPUT_MIN_VS_NGINX = 0.40
 SCALE_MIN_VS_BASE = 0.90
 RSS_MAX_MB = 100.0  # MB = 10^6 bytes
 BUSY_CPU_WARNING = 0.25
+# nginx as a proxy adds 0.1-0.3 ms at the paced rate on this machine; far more means something
+# else loaded the host during the run, and every figure of it is suspect.
+REFERENCE_ADDED_AVERAGE_MS_SUSPECT = 1.0
 
 PATH_LABELS = {
     "direct": "direct",
@@ -50,7 +53,7 @@ def build_report(results: Results) -> tuple[str, list[dict[str, str]]]:
         _scale_section(results, checks),
         _memory_section(results, checks),
     ]
-    parts.append(_summary(checks, results.get("errors", [])))
+    parts.append(_summary(checks, results.get("errors", []), _disturbed_warning(results)))
     markdown = "\n\n".join(part for part in parts if part) + "\n"
     return markdown, [asdict(check) for check in checks]
 
@@ -402,7 +405,23 @@ def _memory_section(results: Results, checks: list[Check]) -> str:
     return f"{title}\n\n{_table(header, rows, numeric_columns={1, 2})}\n\n{note}"
 
 
-def _summary(checks: list[Check], errors: list[str]) -> str:
+def _disturbed_warning(results: Results) -> str | None:
+    """A warning when the reference itself was slow at the paced rate: the host was loaded."""
+    paced = results.get("open_loop", {})
+    nginx, direct = paced.get("nginx"), paced.get("direct")
+    if not nginx or not direct or "error" in nginx or "error" in direct:
+        return None
+    added = nginx["average_ms"] - direct["average_ms"]
+    if added <= REFERENCE_ADDED_AVERAGE_MS_SUSPECT:
+        return None
+    return (
+        f"**Warning:** nginx as a proxy itself added {added:.2f} ms on average at the paced rate "
+        "(usually under 0.3 ms here): something else loaded the machine during this run, so "
+        "its figures say more about that than about the proxies."
+    )
+
+
+def _summary(checks: list[Check], errors: list[str], warning: str | None = None) -> str:
     counts = {verdict: 0 for verdict in ("PASS", "FAIL", "NOT MEASURED")}
     for check in checks:
         counts[check.verdict.split(" (")[0]] += 1
@@ -411,6 +430,8 @@ def _summary(checks: list[Check], errors: list[str]) -> str:
         "",
         f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['NOT MEASURED']} not measured.",
     ]
+    if warning:
+        lines += ["", warning]
     lines += [f"- harness error: {_first_line({'error': error})}" for error in errors]
     return "\n".join(lines)
 
