@@ -441,7 +441,13 @@ def _measure_scale(run: Run) -> None:
         )
         nginx_base = Target(nginx_port, (BENCH_ENDPOINT_PATH,), started[-1].pid)
         rows = [
-            {**asdict(row), **_scale_row(run, row, base), **_nginx_scale_row(run, row, nginx_base)}
+            {
+                **asdict(row),
+                **_scale_pair(run, row, base, "inferfront", _start_router_for(run, row), True),
+                "nginx": _scale_pair(
+                    run, row, nginx_base, "nginx", _start_nginx_for(run, row), False
+                ),
+            }
             for row in run.settings.scale_rows
         ]
     except HarnessError as error:
@@ -454,47 +460,62 @@ def _measure_scale(run: Run) -> None:
     run.results["scale"] = {"rows": rows}
 
 
-def _scale_row(run: Run, row: ScaleRow, base: Target) -> dict[str, Any]:
-    names = servers.endpoint_names(row.endpoints)
-    paths = [servers.ENDPOINT_PATH.format(name=name) for name in names]
-    config = servers.router_config(names, run.model_ports[: row.replicas])
+def _scale_pair(
+    run: Run,
+    row: ScaleRow,
+    base: Target,
+    what: str,
+    start: Callable[[int, list[str]], Child],
+    paced: bool,
+) -> dict[str, Any]:
+    """Start what serves `row` (start(port, paths)), measure it against `base` taking turns
+    (closed loop, and with `paced` the latency at the open-loop rate), then stop it."""
+    paths = [servers.ENDPOINT_PATH.format(name=n) for n in servers.endpoint_names(row.endpoints)]
     port = run.ports.take_one()
-    log(f"scale: starting inferfront with {row.label}")
+    log(f"scale: starting {what} with {row.label}")
+    latency = None
     try:
-        router = _start_router(run, f"inferfront-{row.replicas}r-{row.endpoints}e", config, port)
+        child = start(port, paths)
+        try:
+            for path in dict.fromkeys([paths[0], paths[-1]]):
+                servers.check_answers_like_the_model(port, path)
+            targets = {"base": base, "row": Target(port, paths, child.pid)}
+            rounds = run.settings.scale_rounds
+            measured = _closed_loop(run, f"scale {what} {row.label}", targets, rounds)
+            if paced:
+                # Does a request take longer with many replicas or endpoints while the proxy is
+                # not saturated?
+                latency = _open_loop(run, f"scale {what} {row.label}, paced", targets, False)
+        finally:
+            run.children.stop(child)
     except HarnessError as error:
-        run.record_error(f"scale {row.label}: {error}")
+        run.record_error(f"scale {what} {row.label}: {error}")
         return {"result": {"error": str(error)}, "base": {"error": "not measured"}}
-    try:
-        for path in dict.fromkeys([paths[0], paths[-1]]):
-            servers.check_answers_like_the_model(port, path)
-        targets = {"base": base, "row": Target(port, paths, router.pid)}
-        measured = _closed_loop(run, f"scale {row.label}", targets, run.settings.scale_rounds)
-        # Does a request take longer with many replicas or endpoints while the router is not
-        # saturated?
-        latency = _open_loop(run, f"scale {row.label}, paced latency", targets, bursts=False)
-    except HarnessError as error:
-        run.record_error(f"scale {row.label}: {error}")
-        return {"result": {"error": str(error)}, "base": {"error": "not measured"}}
-    finally:
-        run.children.stop(router)
-    return {
+    pair = {
         "result": measured["row"],
         "base": measured["base"],
         "paired_ratio_median": _paired_ratio_median(measured["row"], measured["base"]),
-        "latency": latency["row"],
-        "base_latency": latency["base"],
     }
+    if latency is not None:
+        pair.update(latency=latency["row"], base_latency=latency["base"])
+    return pair
 
 
-def _nginx_scale_row(run: Run, row: ScaleRow, base: Target) -> dict[str, Any]:
+def _start_router_for(run: Run, row: ScaleRow) -> Callable[[int, list[str]], Child]:
+    def start(port: int, paths: list[str]) -> Child:
+        names = servers.endpoint_names(row.endpoints)
+        config = servers.router_config(names, run.model_ports[: row.replicas])
+        return _start_router(run, f"inferfront-{row.replicas}r-{row.endpoints}e", config, port)
+
+    return start
+
+
+def _start_nginx_for(run: Run, row: ScaleRow) -> Callable[[int, list[str]], Child]:
     """The reference at the same count: nginx with as many upstream servers (replica rows) or
-    locations (endpoint rows), against nginx with one, measured the same way."""
-    paths = [servers.ENDPOINT_PATH.format(name=n) for n in servers.endpoint_names(row.endpoints)]
-    port = run.ports.take_one()
-    log(f"scale: starting nginx with {row.label}")
-    try:
-        nginx = servers.start_nginx_proxy(
+    locations (endpoint rows)."""
+
+    def start(port: int, paths: list[str]) -> Child:
+        return servers.start_nginx_proxy(
             run.children,
             run.workdir,
             port,
@@ -503,26 +524,8 @@ def _nginx_scale_row(run: Run, row: ScaleRow, base: Target) -> dict[str, Any]:
             endpoint_paths=paths if row.endpoints > 1 else (),
             name=f"nginx-{row.replicas}r-{row.endpoints}e",
         )
-    except HarnessError as error:
-        run.record_error(f"scale nginx {row.label}: {error}")
-        return {"nginx": {"error": str(error)}}
-    try:
-        for path in dict.fromkeys([paths[0], paths[-1]]):
-            servers.check_answers_like_the_model(port, path)
-        targets = {"base": base, "row": Target(port, paths, nginx.pid)}
-        measured = _closed_loop(run, f"scale nginx {row.label}", targets, run.settings.scale_rounds)
-    except HarnessError as error:
-        run.record_error(f"scale nginx {row.label}: {error}")
-        return {"nginx": {"error": str(error)}}
-    finally:
-        run.children.stop(nginx)
-    return {
-        "nginx": {
-            "result": measured["row"],
-            "base": measured["base"],
-            "paired_ratio_median": _paired_ratio_median(measured["row"], measured["base"]),
-        }
-    }
+
+    return start
 
 
 def _paired_ratio_median(row: dict[str, Any], base: dict[str, Any]) -> float | None:

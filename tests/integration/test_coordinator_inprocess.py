@@ -27,7 +27,7 @@ from inferfront.coordinator.broker import LOCAL_LINK, Broker, ClusterClient, Tcp
 from inferfront.coordinator.node import config_hash
 from inferfront.coordinator.service import CoordinatorService
 from inferfront.endpoints import DeploymentState, Endpoints
-from inferfront.routing.slots import QueueFull, Replica
+from inferfront.routing.slots import QueueFull, Replica, SlotTable
 from tests.helpers import async_wait_until
 
 BLUE, GREEN = 0, 1  # deployments are numbered by their sorted keys: iris/blue, iris/green
@@ -330,6 +330,28 @@ async def test_grants_never_exceed_the_limit_across_front_ends(make_front_ends) 
 # -- the order --------------------------------------------------------------------------------
 
 
+async def queue_in_order(
+    table: SlotTable, arrivals: list[tuple[FrontEnd, str]], order: list[str]
+) -> list[tuple[FrontEnd, FakeWaiter]]:
+    """Each front end asks in turn; every ask is queued at the coordinator before the next."""
+    waiters = []
+    for position, (front_end, label) in enumerate(arrivals, start=table.queued + 1):
+        waiter = FakeWaiter(label, order)
+        front_end.request(GREEN, waiter)
+        waiters.append((front_end, waiter))
+        await wait_for(lambda n=position: table.queued == n, f"{label} queued")
+    return waiters
+
+
+async def serve_in_turn(table: SlotTable, waiters: list[tuple[FrontEnd, FakeWaiter]]) -> None:
+    """The one slot goes to each waiter in turn, never to two at once, and ends free."""
+    for front_end, waiter in waiters:
+        await settled(waiter)
+        assert table.replicas["green-0"].inflight == 1
+        front_end.release(GREEN, waiter)
+    await wait_for(lambda: table.inflight == 0, "the last slot released")
+
+
 async def test_the_oldest_acquire_gets_the_first_freed_slot(make_front_ends) -> None:
     a, b, c = await make_front_ends("a", "b", "c")
     await coordinated_by(a, [b, c])
@@ -339,20 +361,11 @@ async def test_the_oldest_acquire_gets_the_first_freed_slot(make_front_ends) -> 
 
     order: list[str] = []
     arrivals = [(b, "b1"), (c, "c1"), (a, "a1"), (b, "b2"), (c, "c2")]
-    waiters = []
-    for position, (front_end, label) in enumerate(arrivals, start=1):
-        waiter = FakeWaiter(label, order)
-        front_end.request(GREEN, waiter)
-        waiters.append((front_end, waiter))
-        await wait_for(lambda n=position: table.queued == n, f"{label} queued")
+    waiters = await queue_in_order(table, arrivals, order)
 
     a.release(GREEN, holder)
-    for front_end, waiter in waiters:
-        await settled(waiter)
-        assert table.replicas["green-0"].inflight == 1
-        front_end.release(GREEN, waiter)
+    await serve_in_turn(table, waiters)
     assert order == [label for _, label in arrivals]
-    await wait_for(lambda: table.inflight == 0, "the last slot released")
 
 
 async def test_a_retry_through_a_remote_coordinator_goes_before_older_waiters(
@@ -365,13 +378,7 @@ async def test_a_retry_through_a_remote_coordinator_goes_before_older_waiters(
     assert holder.replica is not None
 
     order: list[str] = []
-    arrivals = [(c, "c1"), (a, "a1"), (b, "b1")]
-    waiters = []
-    for position, (front_end, label) in enumerate(arrivals, start=1):
-        waiter = FakeWaiter(label, order)
-        front_end.request(GREEN, waiter)
-        waiters.append((front_end, waiter))
-        await wait_for(lambda n=position: table.queued == n, f"{label} queued")
+    waiters = await queue_in_order(table, [(c, "c1"), (a, "a1"), (b, "b1")], order)
     # b's request is refused by its replica and retried: it already waited once.
     retried = FakeWaiter("b-retry", order)
     b.retry(GREEN, retried)
@@ -379,12 +386,8 @@ async def test_a_retry_through_a_remote_coordinator_goes_before_older_waiters(
     assert retried.replica is None  # the slot is taken: a retry waits too, but first in line
 
     a.release(GREEN, holder)
-    for front_end, waiter in [(b, retried), *waiters]:
-        await settled(waiter)
-        assert table.replicas["green-0"].inflight == 1
-        front_end.release(GREEN, waiter)
+    await serve_in_turn(table, [(b, retried), *waiters])
     assert order == ["b-retry", "c1", "a1", "b1"]
-    await wait_for(lambda: table.inflight == 0, "the last slot released")
     assert not b.brokers[GREEN].retries
 
 
