@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
 import selectors
 import signal
 import socket
@@ -33,11 +34,35 @@ HTTP_TIMEOUT = 10.0
 T = TypeVar("T")
 
 
+def _ports_the_kernel_never_picks() -> list[int]:
+    """Ports outside the ephemeral range: a bind to port 0 or an outgoing connection's local port
+    never lands there, so a port found free stays free until the test's own server binds it."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    ports = [*range(max(1024, low - 12000), low), *range(high + 1, 65536)]
+    random.shuffle(ports)  # concurrent test runs on one host start at different places
+    return ports
+
+
+_unclaimed_ports: list[int] = []
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel may hand it out again)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port on 127.0.0.1, free now, that no other call in this process has handed out and
+    that the kernel does not hand out on its own (see _ports_the_kernel_never_picks)."""
+    if not _unclaimed_ports:
+        _unclaimed_ports.extend(_ports_the_kernel_never_picks())
+    while _unclaimed_ports:
+        port = _unclaimed_ports.pop()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left outside the kernel's ephemeral range")
 
 
 def _describe(predicate: Callable[..., Any], message: str | None) -> str:
