@@ -39,6 +39,7 @@ from bench.harness.procs import (
     process_tree,
     raise_open_files_limit,
     status_kib,
+    tcp_segments_sent,
 )
 from bench.harness.report import build_report
 
@@ -348,6 +349,16 @@ def _take_turns(
     }
 
 
+@dataclass(frozen=True)
+class _ClosedLoopPart:
+    """One closed-loop run of one target, with what its processes and the kernel spent on it."""
+
+    result: loadgen.ClosedLoopResult
+    proxy_s: float | None  # CPU seconds of the proxy's processes (None: no proxy)
+    model_s: float  # CPU seconds of the model's processes
+    segments: int  # TCP segments sent on the machine meanwhile (all on loopback)
+
+
 def _closed_loop(
     run: Run, what: str, targets: dict[str, Target], rounds: int | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -366,27 +377,29 @@ def _closed_loop(
             run.record_error(f"{what} {name} (warm-up): {error}")
             results[name] = {"error": str(error)}
 
-    def measure_once(name: str) -> tuple[loadgen.ClosedLoopResult, float | None, float]:
+    def measure_once(name: str) -> _ClosedLoopPart:
         target = warmed[name]
         proxy_before, model_before = cpu_seconds(target.proxy_pid), cpu_seconds(run.model_pid)
+        segments_before = tcp_segments_sent()
         result = loadgen.run_wrk(target.port, target.paths, run_s, run.workdir, connections)
+        segments = tcp_segments_sent() - segments_before
         proxy_s = cpu_seconds(target.proxy_pid) - proxy_before
         model_s = cpu_seconds(run.model_pid) - model_before
         log(f"  {result.requests_per_s:,.0f} requests/s, {result.errors} errors")
-        return result, (proxy_s if target.proxy_pid else None), model_s
+        return _ClosedLoopPart(result, proxy_s if target.proxy_pid else None, model_s, segments)
 
-    def summarize(parts: list[tuple[loadgen.ClosedLoopResult, float | None, float]]) -> dict:
-        combined = loadgen.combine_closed_loop([result for result, _, _ in parts])
+    def summarize(parts: list[_ClosedLoopPart]) -> dict:
+        combined = loadgen.combine_closed_loop([part.result for part in parts])
         requests = max(1, combined.requests)
-        proxy_times = [proxy_s for _, proxy_s, _ in parts if proxy_s is not None]
-        model_s = sum(model_s for _, _, model_s in parts)
+        proxy_times = [part.proxy_s for part in parts if part.proxy_s is not None]
         return {
             **asdict(combined),
-            "runs_requests_per_s": [result.requests_per_s for result, _, _ in parts],
+            "runs_requests_per_s": [part.result.requests_per_s for part in parts],
             # CPU time per request (user + system, from /proc): the work each process does per
             # request, which a busy neighbour changes far less than throughput.
             "proxy_cpu_us_per_request": sum(proxy_times) / requests * 1e6 if proxy_times else None,
-            "model_cpu_us_per_request": model_s / requests * 1e6,
+            "model_cpu_us_per_request": sum(part.model_s for part in parts) / requests * 1e6,
+            "tcp_segments_per_request": sum(part.segments for part in parts) / requests,
         }
 
     results.update(_take_turns(run, what, list(warmed), measure_once, summarize, rounds))
@@ -421,32 +434,23 @@ def _open_loop(
 def _measure_scale(run: Run) -> None:
     """Each configuration against a 1-replica, 1-endpoint router running at the same time, the
     two taking turns, so the 10% margin is not eaten by drift between separate runs; then the
-    reference, nginx, at the same count against nginx with one upstream, the same way."""
+    references, nginx and HAProxy, at the same count against themselves with one server, the
+    same way. A reference that cannot start is recorded as not measured; the rest goes on."""
     started: list[Child] = []
     try:
         base_port = run.ports.take_one()
         base_config = servers.router_config(["bench"], run.model_ports[:1])
         started.append(_start_router(run, "inferfront-base", base_config, base_port))
         base = Target(base_port, (BENCH_ENDPOINT_PATH,), started[-1].pid)
-        nginx_port = run.ports.take_one()
-        started.append(
-            servers.start_nginx_proxy(
-                run.children,
-                run.workdir,
-                nginx_port,
-                run.model_ports[:1],
-                run.open_files,
-                name="nginx-base",
-            )
-        )
-        nginx_base = Target(nginx_port, (BENCH_ENDPOINT_PATH,), started[-1].pid)
+        references = {proxy: _start_reference_base(run, started, proxy) for proxy in REFERENCES}
         rows = [
             {
                 **asdict(row),
                 **_scale_pair(run, row, base, "inferfront", _start_router_for(run, row), True),
-                "nginx": _scale_pair(
-                    run, row, nginx_base, "nginx", _start_nginx_for(run, row), False
-                ),
+                **{
+                    proxy: _reference_pair(run, row, reference_base, proxy)
+                    for proxy, reference_base in references.items()
+                },
             }
             for row in run.settings.scale_rows
         ]
@@ -510,22 +514,56 @@ def _start_router_for(run: Run, row: ScaleRow) -> Callable[[int, list[str]], Chi
     return start
 
 
-def _start_nginx_for(run: Run, row: ScaleRow) -> Callable[[int, list[str]], Child]:
-    """The reference at the same count: nginx with as many upstream servers (replica rows) or
-    locations (endpoint rows)."""
+REFERENCES = {"nginx": servers.start_nginx_proxy, "haproxy": servers.start_haproxy_proxy}
+
+
+def _start_reference_for(run: Run, row: ScaleRow, proxy: str) -> Callable[[int, list[str]], Child]:
+    """A reference proxy ("nginx" or "haproxy") at the row's count: as many upstream servers
+    (replica rows), or as many routes (endpoint rows)."""
+    start_proxy = REFERENCES[proxy]
 
     def start(port: int, paths: list[str]) -> Child:
-        return servers.start_nginx_proxy(
+        return start_proxy(
             run.children,
             run.workdir,
             port,
             run.model_ports[: row.replicas],
             run.open_files,
             endpoint_paths=paths if row.endpoints > 1 else (),
-            name=f"nginx-{row.replicas}r-{row.endpoints}e",
+            name=f"{proxy}-{row.replicas}r-{row.endpoints}e",
         )
 
     return start
+
+
+def _start_reference_base(run: Run, started: list[Child], proxy: str) -> Target | str:
+    """A reference proxy with one server and one route (adding it to `started`), or why it
+    could not start: the references are optional when the benchmark is run directly, without
+    bench/run.sh installing them."""
+    port = run.ports.take_one()
+    try:
+        started.append(
+            REFERENCES[proxy](
+                run.children,
+                run.workdir,
+                port,
+                run.model_ports[:1],
+                run.open_files,
+                name=f"{proxy}-base",
+            )
+        )
+    except HarnessError as error:
+        run.record_error(f"scale {proxy}: {error}")
+        return str(error)
+    return Target(port, (BENCH_ENDPOINT_PATH,), started[-1].pid)
+
+
+def _reference_pair(run: Run, row: ScaleRow, base: Target | str, proxy: str) -> dict[str, Any]:
+    """A reference's pair for `row` (closed loop only), or, when its base could not start (`base`
+    is the reason), the pair's shape with that reason as the error."""
+    if isinstance(base, str):
+        return {"result": {"error": base}, "base": {"error": "not measured"}}
+    return _scale_pair(run, row, base, proxy, _start_reference_for(run, row, proxy), False)
 
 
 def _paired_ratio_median(row: dict[str, Any], base: dict[str, Any]) -> float | None:
@@ -640,17 +678,25 @@ def _git_commit() -> str | None:
 
 
 def _tool_versions() -> dict[str, str]:
-    # First words only: "nginx version: nginx/1.22.1" -> "nginx/1.22.1", "wrk debian/4.1.0 [epoll]
+    # First words only: "nginx version: nginx/1.22.1" -> "nginx/1.22.1", "HAProxy version
+    # 2.6.12-1+deb12u4 2026/10/17 - ..." -> "2.6.12-1+deb12u4", "wrk debian/4.1.0 [epoll]
     # Copyright..." -> "debian/4.1.0"; hey and h2load have no version flag, their packages have one.
     nginx = _command_output(["nginx", "-v"]) or _command_output(["/usr/sbin/nginx", "-v"])
+    haproxy = _command_output(["haproxy", "-v"]) or _command_output(["/usr/sbin/haproxy", "-v"])
     wrk = _command_output(["wrk", "-v"])
     versions = {
         "nginx": nginx.rsplit(" ", 1)[-1] if nginx else None,
+        "haproxy": _word_after(haproxy, "version"),
         "wrk": wrk.split()[1] if wrk and len(wrk.split()) > 1 else None,
         "hey": _command_output(["dpkg-query", "-W", "-f=${Version}", "hey"]),
         "h2load": _command_output(["dpkg-query", "-W", "-f=${Version}", "nghttp2-client"]),
     }
     return {name: text for name, text in versions.items() if text}
+
+
+def _word_after(text: str | None, marker: str) -> str | None:
+    words = (text or "").split()
+    return words[words.index(marker) + 1] if marker in words[:-1] else None
 
 
 def _save(results_dir: Path, results: dict[str, Any], markdown: str) -> None:

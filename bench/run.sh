@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: installs the load tools if they are missing, then runs the proxy benchmark
 # (bench/proxybench.py). Arguments are passed on, e.g. `bash bench/run.sh --quick --only direct,nginx`.
-# Idempotent and non-interactive; never starts the system nginx service: the benchmark runs its
-# own nginx processes with their own configs and stops them at the end.
+# Idempotent and non-interactive; never starts the system nginx or haproxy service: the benchmark
+# runs its own nginx and HAProxy processes with their own configs and stops them at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,7 @@ install_packages() {
     if apt-cache show nginx-light >/dev/null 2>&1; then nginx_package=nginx-light; fi
     local wanted=()
     have nginx || wanted+=("$nginx_package")
+    have haproxy || wanted+=(haproxy)
     have wrk || wanted+=(wrk)
     have hey || wanted+=(hey)
     have h2load || wanted+=(nghttp2-client)
@@ -36,8 +37,8 @@ install_packages() {
     return "$status"
 }
 
-if ! have nginx || ! have wrk || ! have hey || ! have h2load; then
-    echo "[bench] installing missing load tools (nginx, wrk, hey, h2load)" >&2
+if ! have nginx || ! have haproxy || ! have wrk || ! have hey || ! have h2load; then
+    echo "[bench] installing missing load tools (nginx, haproxy, wrk, hey, h2load)" >&2
     install_packages
 fi
 

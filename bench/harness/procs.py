@@ -226,6 +226,17 @@ def cpu_seconds(root_pid: int | None) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def tcp_segments_sent() -> int:
+    """TCP segments this network namespace has sent so far (Tcp OutSegs of /proc/net/snmp).
+
+    Over loopback every segment is sent and received here, so its growth per request shows
+    the packets a request costs: 4 when each answer's ACK rides on the next request, more when
+    connections sit idle long enough for the kernel to send ACKs of their own."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    names, values = (line for line in lines if line[0] == "Tcp:")
+    return int(values[names.index("OutSegs")])
+
+
 def status_kib(pid: int, key: str) -> int:
     """A `kB` field of /proc/PID/status (VmRSS, VmHWM), 0 when the process is gone."""
     try:

@@ -69,9 +69,9 @@ def _header(results: Results) -> str:
         f"{'quick' if settings['quick'] else 'full'} run. Each figure: {settings['rounds']} "
         f"run(s) of {_run_s(settings)} s, the targets compared taking turns so that load from "
         "elsewhere hits them alike. Everything on 127.0.0.1; the model is nginx answering a "
-        "17-byte JSON body; each proxy is one process (nginx: one worker) and the load generator "
-        "shares the cores. The machine is noisy: read the ratios and the added latency, not the "
-        "absolute figures.",
+        "17-byte JSON body; each proxy is one process (nginx: one worker; HAProxy: one thread) and "
+        "the load generator shares the cores. The machine is noisy: read the ratios and the added "
+        "latency, not the absolute figures.",
     ]
     busy = _busy_warning(meta)
     if busy:
@@ -286,9 +286,12 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
     rows = []
     for row in scale["rows"]:
         label, result, base = row["label"], row["result"], row["base"]
+        references = [_reference_vs_base(row.get("nginx")), _reference_vs_base(row.get("haproxy"))]
         if "error" in result or "error" in base:
             reason = _first_line(result if "error" in result else base)
-            rows.append([label, *["-"] * 7, target, "NOT MEASURED: " + reason])
+            rows.append(
+                [label, *["-"] * 3, *references, *["-"] * 4, target, "NOT MEASURED: " + reason]
+            )
             checks.append(Check("scale", label, target, "NOT MEASURED", reason))
             continue
         ratio = row.get("paired_ratio_median")
@@ -303,9 +306,10 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
                 f"{result['requests_per_s']:,.0f}",
                 f"{base['requests_per_s']:,.0f}",
                 _fmt_ratio(ratio, 3),
-                _nginx_vs_base(row.get("nginx")),
+                *references,
                 _cpu_pair(result, base, "proxy_cpu_us_per_request"),
                 _cpu_pair(result, base, "model_cpu_us_per_request"),
+                _segments_pair(result, base),
                 _latency_vs_base(row.get("latency"), row.get("base_latency")),
                 target,
                 verdict,
@@ -320,12 +324,22 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         "N model addresses (one nginx listening on N ports). Endpoint rows: N endpoints, one "
         "replica each, requests spread over them round robin. CPU per request (user + system, "
         "from /proc) as row / base: the router's, and the model nginx's serving the same requests "
-        "on the other end of the router's connections. Latency at the open-loop rate (paced, "
+        "on the other end of the router's connections. TCP segments per request (row / base): "
+        "what the machine sent meanwhile (/proc/net/snmp OutSegs, all on loopback) over the "
+        "requests served; 4 when each answer's ACK rides on the connection's next request. "
+        "Latency at the open-loop rate (paced, "
         "as above): average and p99 of the configuration, and in brackets how much longer than "
         "the base's in the same run; the router is then far from saturated, so this is what "
-        "many replicas or endpoints cost one request. Reference (no target): nginx as a proxy "
-        "with as many upstream servers (round robin, a keep-alive cache with room for all) or as "
-        "many locations, against nginx with one, measured the same way in the same run."
+        "many replicas or endpoints cost one request."
+    )
+    references = (
+        "References (no target), each against itself with one server and no routes, measured the "
+        "same way in the same run:\n"
+        "- nginx, one worker: N upstream servers (round robin, a keep-alive cache with room for "
+        "all), or N exact-match locations.\n"
+        "- HAProxy, one thread: N servers (balance roundrobin, an idle-connection pool per server "
+        "with room for all, reused by any request), or a map of N paths looked up per request, "
+        "then the same one backend."
     )
     header = [
         "configuration",
@@ -333,20 +347,26 @@ def _scale_section(results: Results, checks: list[Check]) -> str:
         "base requests/s",
         "vs base",
         "nginx: same vs its base",
+        "HAProxy: same vs its base",
         "router CPU us/request",
         "model CPU us/request",
+        "TCP segments/request",
         "ms at open-loop rate: avg, p99 (vs base)",
         "target",
         "result",
     ]
-    table = _table(header, rows, numeric_columns={1, 2, 3, 4, 5, 6, 7})
-    return f"{title}\n\n{explanation}\n\n{table}"
+    table = _table(header, rows, numeric_columns={1, 2, 3, 4, 5, 6, 7, 8, 9})
+    return f"{title}\n\n{explanation}\n\n{references}\n\n{table}"
 
 
-def _nginx_vs_base(nginx: Mapping[str, Any] | None) -> str:
-    if not nginx or "error" in nginx or nginx.get("paired_ratio_median") is None:
+def _reference_vs_base(pair: Mapping[str, Any] | None) -> str:
+    """A reference proxy's paired ratio; "-" when absent (results saved before it was measured)."""
+    if not pair:
         return "-"
-    return _fmt_ratio(nginx["paired_ratio_median"])
+    for part in ("result", "base"):
+        if "error" in pair.get(part, {}):
+            return "not measured: " + _first_line(pair[part])
+    return _fmt_ratio(pair.get("paired_ratio_median"))
 
 
 def _latency_vs_base(latency: Mapping[str, Any] | None, base: Mapping[str, Any] | None) -> str:
@@ -361,6 +381,14 @@ def _latency_vs_base(latency: Mapping[str, Any] | None, base: Mapping[str, Any] 
 
 def _cpu_pair(result: Mapping[str, Any], base: Mapping[str, Any], key: str) -> str:
     return f"{_fmt_us(result.get(key))} / {_fmt_us(base.get(key))}"
+
+
+def _segments_pair(result: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """Row / base; "-" for results saved before segments were counted."""
+    row, base_value = result.get("tcp_segments_per_request"), base.get("tcp_segments_per_request")
+    if row is None or base_value is None:
+        return "-"
+    return f"{row:.2f} / {base_value:.2f}"
 
 
 def _scale_verdict(result: Mapping[str, Any], base: Mapping[str, Any], ratio: float) -> str:

@@ -1,5 +1,6 @@
-"""The servers a proxy benchmark runs: nginx as the stand-in model and as the reference proxy, and
-the inferfront router under test. Each is started through `Children` and is ready on return."""
+"""The servers a proxy benchmark runs: nginx as the stand-in model and as the reference proxy,
+HAProxy as the second reference for the scale rows, and the inferfront router under test. Each is
+started through `Children` and is ready on return."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bench.harness.procs import Child, Children, HarnessError, wait_until
 
 BENCH_DIR = Path(__file__).resolve().parents[1]
 NGINX_TEMPLATES = BENCH_DIR / "nginx"
+HAPROXY_TEMPLATES = BENCH_DIR / "haproxy"
 MODEL_BODY = b'{"ok":true,"n":1}'
 REQUEST_BODY = b'{"data":[1,2,3,4,5]}'  # 20 bytes, as in the reference measurements
 ENDPOINT_PATH = "/api/v1/endpoint/{name}/score"
@@ -72,13 +74,13 @@ def _exited(child: Child) -> str | None:
     return f"exited with code {child.popen.returncode}: {last_line}\nlast output:\n{tail}"
 
 
-def _render(template_name: str, values: dict[str, str]) -> str:
+def _render(template: Path, values: dict[str, str]) -> str:
     # {{NAME}} placeholders: nginx's own $variables must pass through untouched.
-    text = (NGINX_TEMPLATES / template_name).read_text()
+    text = template.read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     if "{{" in text:
-        raise HarnessError(f"{template_name}: unfilled placeholder left")
+        raise HarnessError(f"{template.name}: unfilled placeholder left")
     return text
 
 
@@ -89,7 +91,8 @@ def _start_nginx(
     home.mkdir(parents=True, exist_ok=True)
     common = {"PID_FILE": str(home / "nginx.pid"), "ERROR_LOG": str(home / "error.log")}
     config = home / "nginx.conf"
-    config.write_text(_render(template, {**common, "TEMP_DIR": str(home), **values}))
+    values = {**common, "TEMP_DIR": str(home), **values}
+    config.write_text(_render(NGINX_TEMPLATES / template, values))
     argv = [find_executable("nginx"), "-p", str(home), "-e", str(home / "error.log")]
     return children.start(name, [*argv, "-c", str(config)], home / "output.log")
 
@@ -144,6 +147,58 @@ def start_nginx_proxy(
     child = _start_nginx(children, name, workdir, "proxy.conf.template", values)
     wait_until(lambda: _answers(port, "/"), 30, name, lambda: _exited(child))
     return child
+
+
+def start_haproxy_proxy(
+    children: Children,
+    workdir: Path,
+    port: int,
+    model_ports: Sequence[int],
+    open_files: int,
+    endpoint_paths: Sequence[str] = (),
+    name: str = "haproxy-proxy",
+) -> Child:
+    """HAProxy with one thread proxying round robin to `model_ports`, reusing idle keep-alive
+    connections kept per server; with `endpoint_paths`, each request's path is looked up in a map
+    of those paths (unknown paths get 404) before the one backend, as a router resolves one of N
+    endpoints and still shares its connections to a replica across them."""
+    home = workdir / name
+    home.mkdir(parents=True, exist_ok=True)
+    servers = "\n".join(f"    server model-{p} 127.0.0.1:{p}" for p in model_ports)
+    values = {
+        "PORT": str(port),
+        "MAXCONN": str(_haproxy_maxconn(open_files)),
+        "SERVERS": servers,
+        "ENDPOINT_RULES": _haproxy_endpoint_rules(home, endpoint_paths),
+    }
+    config = home / "haproxy.cfg"
+    config.write_text(_render(HAPROXY_TEMPLATES / "proxy.cfg.template", values))
+    # -db: in the foreground, one process, so that Children stops it like any other child.
+    argv = [find_executable("haproxy"), "-db", "-f", str(config)]
+    child = children.start(name, argv, home / "output.log")
+    # "/" is not in the map: wait on a path that is.
+    ready_path = endpoint_paths[0] if endpoint_paths else "/"
+    wait_until(lambda: _answers(port, ready_path), 30, name, lambda: _exited(child))
+    return child
+
+
+def _haproxy_maxconn(open_files: int) -> int:
+    # HAProxy wants 2 fds per connection plus a few of its own (measured: 2 * maxconn + 14 with
+    # one listener) and refuses to start if it cannot raise its limit that far.
+    return max(64, (open_files - 64) // 2)
+
+
+def _haproxy_endpoint_rules(home: Path, endpoint_paths: Sequence[str]) -> str:
+    """Frontend lines resolving the request's path in a map with one line per endpoint path (an
+    exact-match tree lookup, as a router finds the endpoint by name); none without paths."""
+    if not endpoint_paths:
+        return ""
+    map_file = home / "endpoints.map"
+    map_file.write_text("".join(f"{path} {index}\n" for index, path in enumerate(endpoint_paths)))
+    return (
+        f"    http-request set-var(txn.endpoint) path,map_str({map_file})\n"
+        "    http-request deny deny_status 404 if !{ var(txn.endpoint) -m found }"
+    )
 
 
 def endpoint_names(count: int) -> list[str]:
