@@ -1,8 +1,11 @@
-"""How many readiness probes a server gets from many watches of it, shared or not.
+"""What watching one server from many deployments costs: probes it gets, CPU the router spends.
 
-1,000 deployments (or endpoints) listing one multi-model server each watch it; with shared
-probes (what static replicas use) the server should see about one probe a second, and
-`watches / period` a second without them. A benchmark, not a test: it takes about a minute.
+1,000 deployments (or endpoints) listing one multi-model server each watch it. Three ways:
+- "one watch": what static replicas use (`runtime/server_watches.py`): the deployments share
+  one watch, which probes once a period and tells each of them about a change;
+- "shared probes": a watch each, taking a probe result younger than a second from the others;
+- "own probes": a watch each, each probing for itself (`watches / period` probes a second).
+A benchmark, not a test: it takes about two minutes.
 
     python -m bench.probes [--watches 1000] [--period 10] [--seconds 20]
 """
@@ -11,15 +14,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
+from collections.abc import Awaitable, Callable
 
 import uvloop
 
 from inferfront.runtime.probes import ProbeSpec, ReadinessWatch
+from inferfront.runtime.server_watches import ServerWatches
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+WAYS = ("one watch", "shared probes", "own probes")
 
 
-async def probes_per_second(watches: int, period: float, seconds: float, share: bool) -> float:
+def _watchers(
+    way: str, port: int, spec: ProbeSpec
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """(first probe, keep probing) for one deployment's watch of the server, the given way."""
+    if way == "one watch":
+        membership = ServerWatches.for_running_loop().join(
+            "127.0.0.1", port, spec, 0.1, lambda ready, why: None
+        )
+        return membership.probe_once, membership.run
+    watch = ReadinessWatch(
+        "127.0.0.1", port, spec, 0.1, lambda ready: None, share=way == "shared probes"
+    )
+    return watch.probe_once, watch.run
+
+
+async def watching_cost(
+    watches: int, period: float, seconds: float, way: str
+) -> tuple[float, float]:
+    """(probes the server gets a second, CPU milliseconds the watching takes a second)."""
     received = 0
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,21 +58,23 @@ async def probes_per_second(watches: int, period: float, seconds: float, share: 
     server = await asyncio.start_server(answer, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     spec = ProbeSpec(period=period)
-    watchers = [
-        ReadinessWatch("127.0.0.1", port, spec, 0.1, lambda ready: None, share=share)
-        for _ in range(watches)
-    ]
-    await asyncio.gather(*(w.probe_once() for w in watchers))  # as StaticRuntime.start does
-    tasks = [asyncio.create_task(w.run()) for w in watchers]
+    watchers = [_watchers(way, port, spec) for _ in range(watches)]
+    await asyncio.gather(*(first() for first, _ in watchers))  # as StaticRuntime.start does
+    tasks = [asyncio.create_task(keep()) for _, keep in watchers]
     await asyncio.sleep(period)  # past every watch's random first wait at the ready pace
-    start = received
+    start, cpu_before = received, _cpu_seconds()
     await asyncio.sleep(seconds)
-    counted = received - start
+    counted, cpu = received - start, _cpu_seconds() - cpu_before
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     server.close()
-    return counted / seconds
+    return counted / seconds, cpu / seconds * 1000
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -56,10 +83,12 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    for share in (True, False):
-        rate = uvloop.run(probes_per_second(args.watches, args.period, args.seconds, share))
-        label = "shared" if share else "one per watch"
-        print(f"{args.watches} watches of one server, {label}: {rate:.1f} probes/s")
+    for way in WAYS:
+        rate, cpu_ms = uvloop.run(watching_cost(args.watches, args.period, args.seconds, way))
+        print(
+            f"{args.watches} deployments watching one server, {way}: "
+            f"{rate:.1f} probes/s, {cpu_ms:.1f} ms CPU/s (server included)"
+        )
 
 
 if __name__ == "__main__":

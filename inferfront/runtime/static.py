@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 from inferfront.runtime.base import ReplicaEvents
 from inferfront.runtime.logs import ReplicaLog
-from inferfront.runtime.probes import ProbeSpec, ReadinessWatch, ReplicaInfo, ReplicaState
+from inferfront.runtime.probes import ProbeSpec, ReplicaInfo, ReplicaState
+from inferfront.runtime.server_watches import REPORTED_FAILURE, ServerWatches, WatchMembership
 
 DRAIN_POLL_S = 0.05
 
@@ -33,7 +34,7 @@ class _StaticReplica:
         self.port = port
         self.state: ReplicaState = "starting"
         self.started_at = time.time()
-        self.readiness: ReadinessWatch | None = None
+        self.readiness: WatchMembership | None = None
         self.probing: asyncio.Task[None] | None = None
 
 
@@ -68,14 +69,15 @@ class StaticRuntime:
         if self._started:
             raise RuntimeError(f"deployment {self.deployment_name!r}: runtime already started")
         self._started = True
+        # Other deployments may list the same servers: one watch per server serves them all.
+        watches = ServerWatches.for_running_loop()
         for replica in self._replicas:
-            replica.readiness = ReadinessWatch(
+            replica.readiness = watches.join(
                 replica.host,
                 replica.port,
                 self._readiness,
                 self._startup_poll_s,
-                on_change=lambda ready, r=replica: self._readiness_changed(r, ready),
-                share=True,  # other deployments may list the same servers
+                on_change=lambda ready, why, r=replica: self._set_ready(r, ready, why),
             )
             self._events.replica_added(replica.name, replica.host, replica.port)
         await asyncio.gather(*(self._watch(r).probe_once() for r in self._replicas))
@@ -110,7 +112,7 @@ class StaticRuntime:
         if replica is None or replica.readiness is None or replica.state == "draining":
             return
         if replica.readiness.report_failure():
-            self._set_ready(replica, False, "the proxy reported connect failures")
+            self._set_ready(replica, False, REPORTED_FAILURE)
 
     @property
     def current(self) -> int:
@@ -126,10 +128,6 @@ class StaticRuntime:
             ReplicaInfo(r.name, r.host, r.port, None, r.state, 0, r.started_at)
             for r in self._replicas
         ]
-
-    def _readiness_changed(self, replica: _StaticReplica, ready: bool) -> None:
-        reason = f"readiness probe failed {self._readiness.failure_threshold} times in a row"
-        self._set_ready(replica, ready, reason)
 
     def _set_ready(self, replica: _StaticReplica, ready: bool, reason: str) -> None:
         if replica.state == "draining":
@@ -152,6 +150,9 @@ class StaticRuntime:
         for task in probing:
             task.cancel()
         await asyncio.gather(*probing, return_exceptions=True)
+        for replica in self._replicas:  # also those stopped before their probing began
+            if replica.readiness is not None:
+                replica.readiness.leave()
         for replica in self._replicas:
             replica.state = "draining"
             self._events.replica_draining(replica.name)
@@ -179,7 +180,7 @@ class StaticRuntime:
             await asyncio.sleep(DRAIN_POLL_S)
 
     @staticmethod
-    def _watch(replica: _StaticReplica) -> ReadinessWatch:
+    def _watch(replica: _StaticReplica) -> WatchMembership:
         assert replica.readiness is not None
         return replica.readiness
 

@@ -213,3 +213,27 @@ def test_probe_spec_defaults_and_validation() -> None:
     for bad in ({"path": "health"}, {"period": 0}, {"failure_threshold": 0}, {"timeout": -1}):
         with pytest.raises(ValueError):
             ProbeSpec(**bad)
+
+
+async def test_deployments_listing_one_server_share_its_watch_and_its_failures(
+    build: Build, model_server: ModelServerFactory
+) -> None:
+    server = model_server("a")
+    spec = ProbeSpec(path="/", period=60.0, timeout=2.0)  # the start-up pace brings it back
+    (first, first_events), (second, second_events) = (
+        build([("127.0.0.1", server.port)], spec) for _ in range(2)
+    )
+    await first.start()
+    await second.start()
+    assert first_events.ready_names() == second_events.ready_names() == {"ext-0"}
+    await async_wait_until(lambda: len(watch_tasks()) == 1, WAIT)  # one watch for both
+
+    first.report_failure("ext-0")  # the proxy could not connect for the first deployment
+    assert first_events.ready["ext-0"] is False and second_events.ready["ext-0"] is False
+    assert second.replicas()[0].state == "unready"
+    await async_wait_until(lambda: second_events.ready.get("ext-0") is True, WAIT)
+    await async_wait_until(lambda: first_events.ready.get("ext-0") is True, WAIT)
+
+
+def watch_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().endswith("-watch")]
