@@ -10,7 +10,7 @@ import pytest
 import uvloop
 
 from inferfront.runtime import probes
-from inferfront.runtime.probe_client import probe_http
+from inferfront.runtime.probe_client import SharedProbes, probe_http
 from inferfront.runtime.probes import ProbeSpec, ReadinessWatch
 from tests.helpers import async_wait_until
 
@@ -215,3 +215,17 @@ async def test_when_the_shared_probe_is_cancelled_the_waiter_probes_itself() -> 
         await asyncio.wait_for(waiter_probe, 5.0)
         assert waiter.ready and not owner.ready
     assert len(server.requests) == 2
+
+
+async def test_results_nobody_asked_for_lately_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with ScriptedServer(lambda c, n: OK) as one, ScriptedServer(lambda c, n: OK) as two:
+        shared = SharedProbes()
+        await shared.probe("127.0.0.1", one.port, "/health", 2.0, 1.0)
+        await shared.probe("127.0.0.1", two.port, "/health", 2.0, 1.0)
+        assert shared.remembered() == 2  # both younger than a minute
+        monkeypatch.setattr(SharedProbes, "_FORGET_AFTER_S", 0.0)
+        # A new probe drops every finished one that started before it (the oldest first).
+        await shared.probe("127.0.0.1", one.port, "/other", 2.0, 1.0)
+        assert shared.remembered() == 1
