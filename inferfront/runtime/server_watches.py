@@ -49,7 +49,7 @@ class ServerWatches:
         if group is None:
             group = self._groups[key] = _WatchGroup(host, port, spec, startup_poll_s)
         membership = WatchMembership(group, on_change, lambda: self._left(key, group))
-        group.members.append(membership)
+        group.members[membership] = None
         return membership
 
     def watched_servers(self) -> int:
@@ -71,16 +71,14 @@ class _WatchGroup:
         self.watch = ReadinessWatch(
             host, port, spec, startup_poll_s, on_change=self._changed, share=True
         )
-        self.members: list[WatchMembership] = []
+        # Insertion-ordered, removal in O(1): 1,000 deployments may leave one server's watch.
+        self.members: dict[WatchMembership, None] = {}
         self.first_probe: asyncio.Task[None] | None = None
         self.probing: asyncio.Task[None] | None = None
 
     def _changed(self, ready: bool) -> None:
-        reason = (
-            ""
-            if ready
-            else (f"readiness probe failed {self.spec.failure_threshold} times in a row")
-        )
+        threshold = self.spec.failure_threshold
+        reason = "" if ready else f"readiness probe failed {threshold} times in a row"
         for member in list(self.members):
             member.on_change(ready, reason)
 
@@ -146,5 +144,5 @@ class WatchMembership:
     def leave(self) -> None:
         if self._joined:
             self._joined = False
-            self._group.members.remove(self)
+            del self._group.members[self]
             self._on_leave()
