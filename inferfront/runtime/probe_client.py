@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from weakref import WeakKeyDictionary
 
 import httptools
+
+from inferfront.runtime.loop_local import LoopLocal
 
 _MAX_POLITE_BODY = 64 * 1024  # probe bodies larger than this are not read before closing
 
@@ -40,7 +41,7 @@ async def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
     return status is not None and 200 <= status < 400
 
 
-class SharedProbes:
+class SharedProbes(LoopLocal):
     """Probe results shared by everything in one event loop that probes the same target:
     deployments listing the same replica address (one multi-model server behind many
     endpoints) send one probe where each would send its own.
@@ -50,7 +51,6 @@ class SharedProbes:
     probes, and others may take its result.
     """
 
-    _by_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, SharedProbes] = WeakKeyDictionary()
     _FORGET_AFTER_S = 60.0  # a target nobody probed for this long is dropped
 
     def __init__(self) -> None:
@@ -60,14 +60,6 @@ class SharedProbes:
         self._recent: OrderedDict[
             tuple[str, int, str, float], tuple[float, asyncio.Future[bool]]
         ] = OrderedDict()
-
-    @classmethod
-    def for_running_loop(cls) -> SharedProbes:
-        loop = asyncio.get_running_loop()
-        shared = cls._by_loop.get(loop)
-        if shared is None:
-            shared = cls._by_loop[loop] = cls()
-        return shared
 
     async def probe(
         self, host: str, port: int, path: str, timeout: float, max_age_s: float

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from weakref import WeakKeyDictionary
 
+from inferfront.runtime.loop_local import LoopLocal
 from inferfront.runtime.probes import ProbeSpec, ReadinessWatch
 
 OnChange = Callable[[bool, str], None]  # (ready, why it changed)
@@ -24,21 +24,11 @@ OnChange = Callable[[bool, str], None]  # (ready, why it changed)
 REPORTED_FAILURE = "the proxy reported connect failures"
 
 
-class ServerWatches:
+class ServerWatches(LoopLocal):
     """The shared watches of one event loop, by server and probe settings."""
-
-    _by_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, ServerWatches] = WeakKeyDictionary()
 
     def __init__(self) -> None:
         self._groups: dict[tuple[str, int, ProbeSpec, float], _WatchGroup] = {}
-
-    @classmethod
-    def for_running_loop(cls) -> ServerWatches:
-        loop = asyncio.get_running_loop()
-        watches = cls._by_loop.get(loop)
-        if watches is None:
-            watches = cls._by_loop[loop] = cls()
-        return watches
 
     def join(
         self, host: str, port: int, spec: ProbeSpec, startup_poll_s: float, on_change: OnChange

@@ -15,6 +15,7 @@ from inferfront.runtime.static import StaticRuntime
 from tests.conftest import ModelServerFactory
 from tests.helpers import async_wait_until, free_port
 from tests.integration.test_runtime_local import RecordingEvents
+from tests.integration.test_server_watches import watch_tasks
 
 FAST_READINESS = ProbeSpec(
     path="/", initial_delay=0.0, period=0.1, timeout=2.0, success_threshold=1, failure_threshold=2
@@ -233,7 +234,3 @@ async def test_deployments_listing_one_server_share_its_watch_and_its_failures(
     assert second.replicas()[0].state == "unready"
     await async_wait_until(lambda: second_events.ready.get("ext-0") is True, WAIT)
     await async_wait_until(lambda: first_events.ready.get("ext-0") is True, WAIT)
-
-
-def watch_tasks() -> list[asyncio.Task[Any]]:
-    return [t for t in asyncio.all_tasks() if t.get_name().endswith("-watch")]
