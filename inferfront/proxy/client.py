@@ -30,6 +30,7 @@ class ClientConnection(asyncio.Protocol):
         self.endpoints = proxy.endpoints
         self.limits = proxy.limits
         self.ids = proxy.ids
+        self.writes = proxy.writes
         self.retries = proxy.retries
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -124,6 +125,10 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.exchanges:
+            # Writes are made at the end of a loop turn, after the exchange looked at
+            # write_paused: stop reading the answer from here.
+            self.exchanges[0].client_write_paused()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -235,7 +240,7 @@ class ClientConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self.closed:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.writes.write(self.transport, data)  # type: ignore[arg-type]
 
     def exchange_done(self, exchange: Exchange, status: int, abort: bool) -> None:
         self.proxy.record(exchange, status)
@@ -295,11 +300,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.writes.flush()  # the held answer first
             self.transport.close()  # after what is buffered is written
 
     def _abort(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
+            self.writes.flush()  # what the client was sent of the answer still goes out
             self.transport.abort()
 
 

@@ -404,7 +404,7 @@ class Exchange:
         if pending and self.state == UPSTREAM:
             data = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
-            self.upconn.transport.write(data)  # type: ignore[union-attr]
+            self.client.writes.write(self.upconn.transport, data)  # type: ignore[union-attr]
             self.body_sent_upstream = self.body_sent_upstream or bool(self.body_received)
             if self.upconn.write_paused:  # type: ignore[union-attr]
                 self.client.pause_for_upstream()
@@ -561,6 +561,10 @@ class Exchange:
             self.resp_head_sent = self.resp_started
             if self.client.write_paused and self.upconn is not None:
                 self.upconn.transport.pause_reading()  # type: ignore[union-attr]
+
+    def client_write_paused(self) -> None:
+        if self.upconn is not None and self.upconn.transport is not None:
+            self.upconn.transport.pause_reading()
 
     def client_write_resumed(self) -> None:
         if self.upconn is not None and self.upconn.transport is not None:

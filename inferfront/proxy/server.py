@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from inferfront.proxy.client import ClientConnection
 from inferfront.proxy.ids import RequestIds
 from inferfront.proxy.mirror import MirrorSender
+from inferfront.proxy.write_batch import WriteBatch
 
 if TYPE_CHECKING:
     from inferfront.config import Limits
@@ -39,6 +40,7 @@ class Proxy:
         self.instance = instance
         self.ids = RequestIds()
         self.connections: set[ClientConnection] = set()
+        self.writes = WriteBatch(self.loop)  # every client and replica write of a loop turn
         self.mirrors = MirrorSender(self.loop, limits.replay_buffer_bytes)
         self.server: asyncio.AbstractServer | None = None
         self._deadline_queues = endpoints.deadlines.by_timeout.values()

@@ -219,22 +219,45 @@ def test_chunked_upload_reaches_the_replica(stream: Stream, client: httpx.Client
     assert seen["headers"]["transfer-encoding"] == "chunked"
 
 
-def test_50mb_download_is_streamed(stream: Stream, client: httpx.Client) -> None:
+def download(
+    stream: Stream, client: httpx.Client, size: int, piece_bytes: int | None, pause_s: float
+) -> None:
+    """GET `size` bytes, reading pieces of `piece_bytes` with `pause_s` between them; checks
+    the body, and that the router's memory grew by less than the limit meanwhile."""
     digest = hashlib.sha256()
     received = 0
     baseline = stream.router.rss_bytes()
     peak = baseline
-    with client.stream("GET", stream.url + f"?size={DOWNLOAD_BYTES}") as response:
+    with client.stream("GET", stream.url + f"?size={size}") as response:
         assert response.status_code == 200
-        assert response.headers["content-length"] == str(DOWNLOAD_BYTES)
-        for index, piece in enumerate(response.iter_bytes()):
+        assert response.headers["content-length"] == str(size)
+        for index, piece in enumerate(response.iter_bytes(chunk_size=piece_bytes)):
             digest.update(piece)
             received += len(piece)
-            if index % 64 == 0:
+            if index % 16 == 0:
                 peak = max(peak, stream.router.rss_bytes())
-    assert received == DOWNLOAD_BYTES
-    assert digest.hexdigest() == pattern_sha256(DOWNLOAD_BYTES)
+            if pause_s:
+                time.sleep(pause_s)
+    assert received == size
+    assert digest.hexdigest() == pattern_sha256(size)
     assert peak - baseline < RSS_GROWTH_LIMIT, (baseline, peak)
+
+
+def test_50mb_download_is_streamed(stream: Stream, client: httpx.Client) -> None:
+    download(stream, client, DOWNLOAD_BYTES, None, 0.0)
+
+
+# The slow reader's pause between reads: shapes its pace (slower than the replica sends), it
+# synchronises nothing.
+SLOW_READER_PAUSE_S = 0.002
+
+
+def test_a_slow_reader_makes_the_router_wait_instead_of_buffering(
+    stream: Stream, client: httpx.Client
+) -> None:
+    """100 MB read more slowly than the replica sends them: the router stops reading the
+    replica while the client's socket is full, and holds no more than the limit."""
+    download(stream, client, UPLOAD_BYTES, 256 * 1024, SLOW_READER_PAUSE_S)
 
 
 def test_100mb_upload_streams_with_bounded_router_memory(
