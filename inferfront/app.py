@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from inferfront.admin.server import AdminServer
@@ -15,8 +16,10 @@ from inferfront.cluster.local import LocalMembership, MemberIdInUse
 from inferfront.config import Config, Deployment
 from inferfront.coordinator.node import ClusterNode
 from inferfront.endpoints import DeploymentState, Endpoints
+from inferfront.proxy.pool_probe import probe_on_idle_connection
 from inferfront.proxy.server import Proxy
 from inferfront.runtime.local import LocalProcessRuntime
+from inferfront.runtime.probe_client import KeptConnections, Lender
 from inferfront.runtime.probes import ProbeSpec
 from inferfront.runtime.static import StaticRuntime
 from inferfront.scaling.autoscaler import Autoscaler, policy_from_settings
@@ -107,6 +110,7 @@ class Router:
         self.admin: AdminServer | None = None
         self.access_log: AccessLog | None = None
         self._stopping = asyncio.Event()
+        self._probe_lender: Lender | None = None
 
     def deployments(self) -> list[DeploymentState]:
         return list(self.endpoints.deployments())
@@ -118,6 +122,10 @@ class Router:
 
     async def start(self) -> None:
         server = self.config.server
+        # Probes of this router's replicas may borrow its idle keep-alive connections.
+        lender = partial(probe_on_idle_connection, self.endpoints.pools, server.limits)
+        KeptConnections.for_running_loop().add(lender)
+        self._probe_lender = lender
         if self.cluster is not None and self.cluster.supervised:
             await self._attach_to_supervisor(self.cluster.state_dir)
         else:
@@ -266,6 +274,8 @@ class Router:
             for conn in list(proxy.connections):
                 conn._abort()
             proxy.close()
+        if self._probe_lender is not None:
+            KeptConnections.for_running_loop().remove(self._probe_lender)
         self.endpoints.pools.close()
         if self.admin is not None:
             await self.admin.close()

@@ -1,19 +1,23 @@
-"""The HTTP client behind health probes: one GET on a new connection, judged by its status line.
+"""The HTTP client behind health probes: one GET, judged by its status line.
+
+A probe goes over an idle keep-alive connection to the replica when the data plane has one
+(`KeptConnections`: the proxy lends them, see `proxy/pool_probe.py`); otherwise, or when asked
+for a new connection, it opens its own and asks the replica to close it, as the kubelet's
+probes do. Borrowing holds nothing extra at the replica: a probe connection of its own, kept
+between probes, would hold one of the replica's connection slots for good, and servers that
+cap open connections (uvicorn's --limit-concurrency counts idle keep-alive connections) would
+then answer real requests 503.
 
 A small asyncio protocol rather than asyncio streams or a client library: a router watching
 1,000 replicas probes 100 times a second, and streams cost 10-20% more CPU per probe (measured
-on loopback; most of a probe's cost is the kernel's connect and close).
-
-Every probe opens its own connection and asks the replica to close it, as the kubelet's probes
-do. A kept connection would be cheaper still, but it would hold one of the replica's connection
-slots for good: servers that cap open connections (uvicorn's --limit-concurrency counts idle
-keep-alive connections) would then answer real requests 503.
+on loopback; most of a probe's cost on a new connection is the kernel's connect and close).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 
 import httptools
 
@@ -22,9 +26,28 @@ from inferfront.runtime.loop_local import LoopLocal
 _MAX_POLITE_BODY = 64 * 1024  # probe bodies larger than this are not read before closing
 
 
-async def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
+async def probe_http(
+    host: str, port: int, path: str, timeout: float, *, reuse: bool = True
+) -> bool:
     """GET http://host:port{path} once; True for a 200-399 status line within `timeout`
-    seconds. Any error is a failure."""
+    seconds. Any error is a failure. With `reuse`, on an idle kept connection if there is
+    one; a kept connection that fails before answering leaves the probe to a new one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if reuse:
+        answer = KeptConnections.for_running_loop().lend(host, port, path, timeout)
+        if answer is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    status = await answer
+            except TimeoutError:
+                return False
+            if status is not None:
+                return 200 <= status < 400
+    return await _probe_new_connection(host, port, path, deadline - loop.time())
+
+
+async def _probe_new_connection(host: str, port: int, path: str, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
     exchange = _ProbeExchange(_request(host, port, path), loop.create_future())
     transport: asyncio.BaseTransport | None = None
@@ -39,6 +62,35 @@ async def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
             transport.close()
     status = exchange.status
     return status is not None and 200 <= status < 400
+
+
+Lender = Callable[[str, int, bytes, float], "asyncio.Future[int | None] | None"]
+
+
+class KeptConnections(LoopLocal):
+    """Who in this event loop can send a probe on an idle keep-alive connection: the proxy
+    registers a lender (host, port, request bytes, timeout) -> the future of the answer's
+    status (None: the connection failed before answering), or None when it has no idle
+    connection to that replica."""
+
+    def __init__(self) -> None:
+        self._lenders: list[Lender] = []
+
+    def add(self, lender: Lender) -> None:
+        self._lenders.append(lender)
+
+    def remove(self, lender: Lender) -> None:
+        if lender in self._lenders:
+            self._lenders.remove(lender)
+
+    def lend(
+        self, host: str, port: int, path: str, timeout: float
+    ) -> asyncio.Future[int | None] | None:
+        for lender in self._lenders:
+            answer = lender(host, port, _request(host, port, path, keep=True), timeout)
+            if answer is not None:
+                return answer
+        return None
 
 
 class SharedProbes(LoopLocal):
@@ -62,7 +114,14 @@ class SharedProbes(LoopLocal):
         ] = OrderedDict()
 
     async def probe(
-        self, host: str, port: int, path: str, timeout: float, max_age_s: float
+        self,
+        host: str,
+        port: int,
+        path: str,
+        timeout: float,
+        max_age_s: float,
+        *,
+        reuse: bool = True,
     ) -> bool:
         loop = asyncio.get_running_loop()
         target = (host, port, path, timeout)
@@ -82,7 +141,7 @@ class SharedProbes(LoopLocal):
         self._recent.move_to_end(target)
         self._forget_older_than(now - self._FORGET_AFTER_S)
         try:
-            ok = await probe_http(host, port, path, timeout)
+            ok = await probe_http(host, port, path, timeout, reuse=reuse)
         except BaseException:
             result.cancel()
             raise
@@ -101,15 +160,13 @@ class SharedProbes(LoopLocal):
         return len(self._recent)
 
 
-def _request(host: str, port: int, path: str) -> bytes:
+def _request(host: str, port: int, path: str, keep: bool = False) -> bytes:
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return (
         f"GET {path} HTTP/1.1\r\n"
         f"Host: {authority}\r\n"
         "User-Agent: inferfront-probe\r\n"
-        "Accept: */*\r\n"
-        "Connection: close\r\n"
-        "\r\n"
+        "Accept: */*\r\n" + ("" if keep else "Connection: close\r\n") + "\r\n"
     ).encode("latin-1")
 
 

@@ -142,15 +142,18 @@ class ReadinessWatch:
 
     async def probe_once(self) -> None:
         spec = self.spec
+        # After a reported connect failure: a result of its own, on a new connection (kept
+        # connections still working say nothing about whether the replica takes new ones).
+        fresh = self._own_probe_next
+        self._own_probe_next = False
         if self.share:
             pace = spec.period if self.tracker.healthy else self.startup_poll_s
-            max_age = 0.0 if self._own_probe_next else min(SHARED_RESULT_MAX_AGE_S, pace / 2)
-            self._own_probe_next = False
+            max_age = 0.0 if fresh else min(SHARED_RESULT_MAX_AGE_S, pace / 2)
             ok = await SharedProbes.for_running_loop().probe(
-                self.host, self.port, spec.path, spec.timeout, max_age
+                self.host, self.port, spec.path, spec.timeout, max_age, reuse=not fresh
             )
         else:
-            ok = await probe_http(self.host, self.port, spec.path, spec.timeout)
+            ok = await probe_http(self.host, self.port, spec.path, spec.timeout, reuse=not fresh)
         change = self.tracker.observe(ok)
         if change is not None:
             self._on_change(change)

@@ -109,6 +109,8 @@ class ServerState:
         self.requests = 0
         self.completed = 0
         self.health_checks = 0
+        # Health checks that came on a connection after another request (a kept connection).
+        self.health_checks_on_kept = 0
         self.timeline: deque[tuple[float, float]] = deque(maxlen=HISTORY_LIMIT)
         self.sse_events: deque[float] = deque(maxlen=HISTORY_LIMIT)
 
@@ -131,6 +133,7 @@ class ServerState:
         self.requests = 0
         self.completed = 0
         self.health_checks = 0
+        self.health_checks_on_kept = 0
         self.timeline.clear()
         self.sse_events.clear()
 
@@ -142,6 +145,7 @@ class ServerState:
             "requests": self.requests,
             "completed": self.completed,
             "health_checks": self.health_checks,
+            "health_checks_on_kept": self.health_checks_on_kept,
             "health_status": self.health_status,
         }
         if history:
@@ -245,6 +249,7 @@ class ModelServerProtocol(asyncio.Protocol):
         self._unfinished: set[Request] = set()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        self._requests_read = 0  # on this connection
         self._can_write = asyncio.Event()
         self._can_write.set()
 
@@ -297,6 +302,9 @@ class ModelServerProtocol(asyncio.Protocol):
         path, _, query = target.partition("?")
         method = self._parser.get_method().decode("latin-1")
         kind = IGNORED if self._closing else classify(method, path)
+        if kind == HEALTH and self._requests_read:
+            self._state.health_checks_on_kept += 1
+        self._requests_read += 1
         request = Request(
             method, path, query, self._header_list, self._parser.should_keep_alive(), kind
         )
