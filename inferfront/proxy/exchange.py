@@ -399,15 +399,15 @@ class Exchange:
             self.client.resume_body_reading()
 
     def flush_upstream(self) -> None:
-        """Write what the client sent since the last round to the replica in one write."""
+        """Write what the client sent since the last round to the replica in one write (held
+        to the end of the loop turn; a replica slower than the client pauses the client
+        through the connection's pause_writing, `upstream_write_paused`)."""
         pending = self.pending
         if pending and self.state == UPSTREAM:
             data = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
             self.client.writes.write(self.upconn.transport, data)  # type: ignore[union-attr]
             self.body_sent_upstream = self.body_sent_upstream or bool(self.body_received)
-            if self.upconn.write_paused:  # type: ignore[union-attr]
-                self.client.pause_for_upstream()
         if self.out:
             self.flush_to_client()
 

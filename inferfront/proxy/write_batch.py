@@ -6,12 +6,12 @@ on a virtual machine waking a process on the other CPU is the dearest step of a 
 about a sixth of the router's CPU went to the wake-ups in `sock_def_readable` (perf, saturated
 router). Written as each event is handled, every request of a busy turn woke its replica or
 its client on its own; written together at the turn's end, a peer woken by the first write
-finds the others ready when it runs. Measured against immediate writes (the same router code
-side by side, alternating 3-second wrk runs): 27,500 against 31,500 requests/s with one
-replica, 21,200 against 28,400 with 1,000, system time per request 18 against 14 us.
+finds the others ready when it runs. Measured with the same router code side by side, 8
+alternating 3-second wrk runs each: one replica 27,200 requests/s with immediate writes, 32,100
+with held ones (system time 18.6 and 13.7 us per request); 1,000 replicas 21,300 and 28,600.
 
 A write waits one loop turn at most: the flush is a `call_soon` callback, which the loop runs
-right after this turn's I/O callbacks, before it polls again.
+right after this turn's I/O callbacks (and any timers then due), before it polls again.
 
 Order per transport is kept (one list, in the order written). Closing a transport must not
 overtake its held bytes: the data plane flushes before it closes or aborts a client, and a
