@@ -142,18 +142,20 @@ class ReadinessWatch:
 
     async def probe_once(self) -> None:
         spec = self.spec
-        # After a reported connect failure: a result of its own, on a new connection (kept
-        # connections still working say nothing about whether the replica takes new ones).
-        fresh = self._own_probe_next
+        own = self._own_probe_next
         self._own_probe_next = False
+        # A kept connection only confirms a ready replica. One not ready (or just reported
+        # refusing connections) shows on a new connection that it takes new ones: kept
+        # connections still answering say nothing about that.
+        reuse = self.tracker.healthy and not own
         if self.share:
             pace = spec.period if self.tracker.healthy else self.startup_poll_s
-            max_age = 0.0 if fresh else min(SHARED_RESULT_MAX_AGE_S, pace / 2)
+            max_age = 0.0 if own else min(SHARED_RESULT_MAX_AGE_S, pace / 2)
             ok = await SharedProbes.for_running_loop().probe(
-                self.host, self.port, spec.path, spec.timeout, max_age, reuse=not fresh
+                self.host, self.port, spec.path, spec.timeout, max_age, reuse=reuse
             )
         else:
-            ok = await probe_http(self.host, self.port, spec.path, spec.timeout, reuse=not fresh)
+            ok = await probe_http(self.host, self.port, spec.path, spec.timeout, reuse=reuse)
         change = self.tracker.observe(ok)
         if change is not None:
             self._on_change(change)

@@ -141,21 +141,26 @@ async def test_a_large_answer_counts_but_closes_the_connection(large: Kept) -> N
     await asyncio.wait_for(large.server.all_closed.wait(), WAIT)
 
 
-async def test_after_a_reported_failure_the_watch_probes_on_a_new_connection(
+async def test_a_watch_uses_kept_connections_only_while_its_replica_is_ready(
     healthy: Kept,
 ) -> None:
-    changes: list[bool] = []
     spec = ProbeSpec(path="/health", period=60.0, timeout=2.0)
-    watch = ReadinessWatch("127.0.0.1", healthy.server.port, spec, 60.0, changes.append)
+    watch = ReadinessWatch("127.0.0.1", healthy.server.port, spec, 60.0, lambda ready: None)
     await healthy.add_idle_connection()
+
+    def requests_by_connection() -> list[int]:
+        return [len(on_connection) for on_connection in healthy.requests()]
+
+    await watch.probe_once()  # not ready yet: it must show it takes new connections
+    assert requests_by_connection() == [0, 1] and watch.ready
+    await watch.probe_once()  # ready: the kept connection confirms it
+    assert requests_by_connection() == [1, 1]
+    watch.report_failure()  # the proxy saw connections refused
     await watch.probe_once()
-    assert [len(on_connection) for on_connection in healthy.requests()] == [1]
-    watch.report_failure()
-    await watch.probe_once()
-    requests = healthy.requests()
-    assert [len(on_connection) for on_connection in requests] == [1, 1]
-    assert b"Connection: close" in requests[1][0]
-    assert watch.ready
+    assert requests_by_connection() == [1, 1, 1]
+    assert b"Connection: close" in healthy.requests()[2][0]
+    await watch.probe_once()  # ready again
+    assert requests_by_connection() == [2, 1, 1]
 
 
 def test_the_router_probes_its_replicas_on_kept_connections(
