@@ -1,7 +1,7 @@
 """Health probes sent over the data plane's idle keep-alive connections.
 
-A probe on a new connection costs a connect, an accept on the replica and a close: 115 us of
-CPU against 27 on a kept connection (`python -m bench.probes`, server included). With 1,000
+A probe on a new connection costs a connect, an accept on the replica and a close: 114-122 us
+of CPU against 23-25 on a kept connection (`python -m bench.probes`, server included). With 1,000
 replicas and the default 10 s period that is 100 new connections a second, which had cost a
 saturated router 1.7-3 us per request (alternating wrk runs against the same router with
 probing turned off). The replica sees nothing new: no extra connection is held (the probe
@@ -18,12 +18,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from inferfront.runtime.probe_client import PROBE_BODY_LIMIT
+
 if TYPE_CHECKING:
     from inferfront.config import Limits
     from inferfront.proxy.upstream import UpstreamConnection, UpstreamPools
-
-# Bodies up to this size are read so the connection can be kept; larger ones close it.
-KEPT_BODY_LIMIT = 64 * 1024
 
 
 class _Limits:
@@ -36,9 +35,10 @@ class _Limits:
 
 
 class PoolProbe:
-    """One probe on a borrowed connection. `status` resolves to the answer's status code, or to
-    None when the connection failed before an answer began (the caller may then probe on a new
-    connection); cancelling it (a timeout) closes the connection."""
+    """One probe on a borrowed connection. `status` resolves to the answer's status code, to 0
+    when no answer came within the timeout, or to None when the connection failed before an
+    answer began (the caller may then probe on a new connection); cancelling it closes the
+    connection."""
 
     __slots__ = ("bytes_out", "client", "conn", "deadline", "keep", "resp_started", "status")
 
@@ -51,7 +51,7 @@ class PoolProbe:
         self.status: asyncio.Future[int | None] = loop.create_future()
         self.status.add_done_callback(self._status_done)
         # The whole answer, body included, within the probe's timeout, or the connection goes.
-        self.deadline = loop.call_later(timeout, self._drop)
+        self.deadline = loop.call_later(timeout, self._expire)
         self.resp_started = False
         self.bytes_out = 0
         self.keep = False
@@ -61,6 +61,10 @@ class PoolProbe:
     def _status_done(self, status: asyncio.Future[int | None]) -> None:
         if status.cancelled():
             self._drop()
+
+    def _expire(self) -> None:
+        self._settle(0)  # no status in time: a failed probe, not one to try again
+        self._drop()
 
     def _drop(self) -> None:
         """Close the connection: it is out of step or no longer wanted."""
@@ -84,7 +88,7 @@ class PoolProbe:
             return  # an interim answer: the real one follows
         self.resp_started = True
         self._settle(status)
-        self.keep = content_length is not None and content_length <= KEPT_BODY_LIMIT
+        self.keep = content_length is not None and content_length <= PROBE_BODY_LIMIT
         if not self.keep:
             self._drop()  # a long or open-ended body is not worth reading for a probe
 

@@ -23,7 +23,9 @@ import httptools
 
 from inferfront.runtime.loop_local import LoopLocal
 
-_MAX_POLITE_BODY = 64 * 1024  # probe bodies larger than this are not read before closing
+# Probe answers' bodies up to this size are read to their end (so the replica sees no reset, or
+# the kept connection can go back to its pool); larger or open-ended ones are not waited for.
+PROBE_BODY_LIMIT = 64 * 1024
 
 
 async def probe_http(
@@ -35,13 +37,10 @@ async def probe_http(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     if reuse:
+        # The lent probe keeps its own deadline (its answer is 0 past `timeout`).
         answer = KeptConnections.for_running_loop().lend(host, port, path, timeout)
         if answer is not None:
-            try:
-                async with asyncio.timeout(timeout):
-                    status = await answer
-            except TimeoutError:
-                return False
+            status = await answer
             if status is not None:
                 return 200 <= status < 400
     return await _probe_new_connection(host, port, path, deadline - loop.time())
@@ -70,8 +69,8 @@ Lender = Callable[[str, int, bytes, float], "asyncio.Future[int | None] | None"]
 class KeptConnections(LoopLocal):
     """Who in this event loop can send a probe on an idle keep-alive connection: the proxy
     registers a lender (host, port, request bytes, timeout) -> the future of the answer's
-    status (None: the connection failed before answering), or None when it has no idle
-    connection to that replica."""
+    status (None: the connection failed before answering; 0: no answer within the timeout), or
+    None when it has no idle connection to that replica."""
 
     def __init__(self) -> None:
         self._lenders: list[Lender] = []
@@ -86,8 +85,9 @@ class KeptConnections(LoopLocal):
     def lend(
         self, host: str, port: int, path: str, timeout: float
     ) -> asyncio.Future[int | None] | None:
+        request = _request(host, port, path, keep=True)
         for lender in self._lenders:
-            answer = lender(host, port, _request(host, port, path, keep=True), timeout)
+            answer = lender(host, port, request, timeout)
             if answer is not None:
                 return answer
         return None
@@ -202,7 +202,7 @@ class _ProbeExchange(asyncio.Protocol):
             # The head is read and the answer goes on (a bodiless one ends in the same feed):
             # wait only for a small body of known length.
             length = self._content_length
-            if length is None or length > _MAX_POLITE_BODY:
+            if length is None or length > PROBE_BODY_LIMIT:
                 self._finish()
 
     def eof_received(self) -> bool | None:

@@ -150,10 +150,9 @@ class StaticRuntime:
         for task in probing:
             task.cancel()
         await asyncio.gather(*probing, return_exceptions=True)
-        for replica in self._replicas:  # also those stopped before their probing began
-            if replica.readiness is not None:
-                replica.readiness.leave()
         for replica in self._replicas:
+            if replica.readiness is not None:  # also those stopped before their probing began
+                replica.readiness.leave()
             replica.state = "draining"
             self._events.replica_draining(replica.name)
         await self._wait_drained(asyncio.get_running_loop().time() + max(timeout, 0.0))
