@@ -5,7 +5,7 @@ transports (a POST in, a small JSON answer back), so the figure is the router's 
 request alone: steadier than wall-clock load tests on a noisy machine, and the place to look
 first when optimising the hot path. `--profile` adds a cProfile listing (which inflates times).
 
-    python -m bench.hotpath [--requests N] [--profile] [--endpoints N] [--per-turn N]
+    python -m bench.hotpath [--requests N] [--profile] [--endpoints N] [--replicas N] [--per-turn N]
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ class MemoryTransport:
         self.closing = True
 
 
+class DiscardingTransport(MemoryTransport):
+    """A replica's side: what the router sends it is dropped (its answers are fed directly)."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
 # What hey sends in `make bench`, and what the nginx model answers.
 REQUEST = (
     b"POST /api/v1/endpoint/bench/score HTTP/1.1\r\nHost: 127.0.0.1:8282\r\n"
@@ -87,6 +94,9 @@ CONFIG = {
 }
 
 
+REPLICA_PORT = 5603
+
+
 def _config(endpoints: int) -> dict:
     """CONFIG with `endpoints` endpoints (bench-0, bench-1, ...) when more than one."""
     if endpoints == 1:
@@ -98,19 +108,25 @@ def _config(endpoints: int) -> dict:
     }
 
 
-async def measure(n: int, profile: bool, endpoints: int = 1, per_turn: int = 16) -> None:
+async def measure(
+    n: int, profile: bool, endpoints: int = 1, per_turn: int = 16, replicas: int = 1
+) -> None:
     d = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
     d.write_text(yaml.safe_dump(_config(endpoints)))
     config = load_config(d)
     table = Endpoints(list(config.endpoints))
+    ports = range(REPLICA_PORT, REPLICA_PORT + replicas)
     for state in table.deployments():
-        state.replica_added("r0", "127.0.0.1", 5603)
-        state.replica_ready("r0", True)
+        for port in ports:
+            state.replica_added(f"r{port}", "127.0.0.1", port)
+            state.replica_ready(f"r{port}", True)
     proxy = Proxy(table, config.server.limits, retries=2, access_log=None)
-    pool = table.pools.by_address["127.0.0.1:5603"]  # every endpoint's one replica: one pool
-    upstream, upstream_transport = UpstreamConnection(pool), MemoryTransport()
-    upstream.connection_made(upstream_transport)
-    pool.idle.append(upstream)
+    # One kept connection per replica (endpoints share a replica's pool).
+    for port in ports:
+        pool = table.pools.by_address[f"127.0.0.1:{port}"]
+        upstream = UpstreamConnection(pool)
+        upstream.connection_made(DiscardingTransport())
+        pool.idle.append(upstream)
     client, client_transport = ClientConnection(proxy), MemoryTransport()
     client.connection_made(client_transport)
     # With several endpoints, requests go to each in turn (as `make bench`'s endpoint rows do).
@@ -120,11 +136,14 @@ async def measure(n: int, profile: bool, endpoints: int = 1, per_turn: int = 16)
         else [REQUEST.replace(b"/bench/", f"/bench-{i}/".encode()) for i in range(endpoints)]
     )
 
+    exchanges = client.exchanges
+
     def one(i: int) -> None:
         client.data_received(requests[i % endpoints])
-        upstream.data_received(ANSWER)
+        exchanges[-1].upconn.data_received(ANSWER)  # the replica the request went to answers
 
-    for i in range(max(1000, 3 * endpoints)):  # warm up, and check the path really answers 200
+    # Warm up, and check the path really answers 200.
+    for i in range(max(1000, 3 * endpoints, 3 * replicas)):
         one(i)
     await asyncio.sleep(0)  # a loop turn: the proxy makes the writes it held
     assert client_transport.out[-1].startswith(b"HTTP/1.1 200"), client_transport.out[-1][:100]
@@ -137,13 +156,13 @@ async def measure(n: int, profile: bool, endpoints: int = 1, per_turn: int = 16)
             one(i)
         await asyncio.sleep(0)  # the end of a loop turn: the held writes are made
         client_transport.out.clear()
-        upstream_transport.out.clear()
     if profiler:
         profiler.disable()
     elapsed = time.perf_counter() - started
     print(
         f"{elapsed / n * 1e6:.2f} us of Python per proxied request "
-        f"({n:,} requests over {endpoints:,} endpoint(s), {per_turn} a loop turn, no sockets)"
+        f"({n:,} requests over {endpoints:,} endpoint(s) and {replicas:,} replica(s), "
+        f"{per_turn} a loop turn, no sockets)"
     )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
@@ -163,8 +182,14 @@ def main() -> None:
         help="requests handled per event-loop turn (16: about what a saturated router sees; "
         "1: light load, where each request pays for a turn's held writes alone)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="replicas per deployment, one kept connection each (the requests spread evenly)",
+    )
     args = parser.parse_args()
-    uvloop.run(measure(args.requests, args.profile, args.endpoints, args.per_turn))
+    uvloop.run(measure(args.requests, args.profile, args.endpoints, args.per_turn, args.replicas))
 
 
 if __name__ == "__main__":
