@@ -388,7 +388,7 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection) -> None:
         self.state = UPSTREAM
         self.upconn = conn
-        conn.exchange = self
+        conn.begin(self)
         pending = self.pending
         pending.insert(0, self.upstream_head)
         if self.body_complete and self.chunked_in:

@@ -128,7 +128,7 @@ class MirrorCopy:
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        conn.exchange = self  # type: ignore[assignment]
+        conn.begin(self)
         conn.transport.write(b"".join([self.head, *(self.body or ())]))  # type: ignore[union-attr]
         self.body = None
 

@@ -55,7 +55,7 @@ class PoolProbe:
         self.resp_started = False
         self.bytes_out = 0
         self.keep = False
-        conn.exchange = self  # type: ignore[assignment]
+        conn.begin(self)
         conn.transport.write(request)  # type: ignore[union-attr]
 
     def _status_done(self, status: asyncio.Future[int | None]) -> None:
