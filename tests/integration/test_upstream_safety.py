@@ -325,12 +325,15 @@ CASES: list[Case] = [
     # -- How much an answer can make the router hold (MAX_HEADER_BYTES) ---------------------
     # What counts is what was read while the head (or the trailer section) is unfinished: the
     # end of the 100 kB head is held back, so however the router's reads split it, it has read
-    # more than the limit before the head could end. 200 kB stands for endless: the router
-    # must give up before the end.
+    # more than the limit before the head could end. 400 kB stands for endless: the router
+    # must give up before the end. Sent back to back, a section may reach the router in one
+    # read (uvloop reads up to 256,000 bytes at a time), and a read that ends the answer is not
+    # counted (what it holds is bounded by the read): so an endless section is longer than a
+    # read and the limit together, and the router sees it unfinished however it is read.
     Case("header-section-100kb", (HEAD_OPEN + PAD * 100, b"\r\n" + FIRST), ERROR),
     Case(
-        "header-section-200kb-in-1kb-writes",
-        (HEAD_OPEN, *[PAD] * 200, b"\r\n" + FIRST),
+        "header-section-400kb-in-1kb-writes",
+        (HEAD_OPEN, *[PAD] * 400, b"\r\n" + FIRST),
         ERROR,
         back_to_back=True,
     ),
@@ -341,10 +344,10 @@ CASES: list[Case] = [
         reused=True,
         back_to_back=True,
     ),
-    Case("endless-trailer", (LAST_CHUNK_OPEN, *[PAD] * 200, b"\r\n"), CUT, back_to_back=True),
+    Case("endless-trailer", (LAST_CHUNK_OPEN, *[PAD] * 400, b"\r\n"), CUT, back_to_back=True),
     Case(
         "endless-trailer-field",
-        (LAST_CHUNK_OPEN + b"X-Case-Leak: ", *[b"t" * 1000] * 200, b"\r\n\r\n"),
+        (LAST_CHUNK_OPEN + b"X-Case-Leak: ", *[b"t" * 1000] * 400, b"\r\n\r\n"),
         CUT,
         back_to_back=True,
     ),
