@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from inferfront.proxy.upstream import UpstreamPools
+from inferfront.proxy.upstream import UpstreamPool, UpstreamPools
 from inferfront.routing.slots import Replica, SlotTable
 from inferfront.routing.traffic import Mirror, TrafficSplit
 from inferfront.telemetry.stats import DeploymentStats
@@ -47,6 +47,18 @@ class DeadlineQueues:
         if queue is None:
             queue = self.by_timeout[timeout_s] = OrderedDict()
         return queue
+
+
+class PooledReplica(Replica):
+    """A replica of the routing table with the data plane's keep-alive pool to it (None once
+    removed). Held here rather than looked up by address per request: with 1,000 replicas that
+    lookup found the address and the dict entry cold in the CPU cache each time."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, name: str, host: str, port: int, pool: UpstreamPool) -> None:
+        super().__init__(name, host, port)
+        self.pool: UpstreamPool | None = pool
 
 
 class DeploymentState:
@@ -113,8 +125,8 @@ class DeploymentState:
     # -- ReplicaEvents (called by the runtime) ----------------------------------------------
 
     def replica_added(self, name: str, host: str, port: int) -> None:
-        self.table.add(Replica(name, host, port))
         self._pools.attach(host, port)
+        self.table.add(PooledReplica(name, host, port, self.pools[f"{host}:{port}"]))
 
     def replica_ready(self, name: str, ready: bool) -> None:
         if name in self.table.replicas:  # a draining replica stays out (SlotTable.drain)
@@ -138,6 +150,7 @@ class DeploymentState:
         self.table.remove(name)
         self._was_ready.discard(name)
         self._connect_failures.pop(name, None)
+        replica.pool = None  # type: ignore[attr-defined]  # a request granted it meanwhile retries
         self._pools.detach(replica.address)
 
     # -- used by the proxy ------------------------------------------------------------------

@@ -359,7 +359,7 @@ class Exchange:
         self.replica = replica
         self.replica_name = replica.name
         self.attempts += 1
-        pool = self.deployment.pools.get(replica.address)  # type: ignore[union-attr]
+        pool = replica.pool  # type: ignore[attr-defined]  # tables hold PooledReplica (endpoints.py)
         if pool is None:  # replica removed between grant and use
             self._retry_or_fail(502, "The replica went away.")
             return

@@ -94,7 +94,7 @@ class MirrorCopy:
         if replica is None:
             self.sender.skipped += 1
             return
-        pool = self.deployment.pools.get(replica.address)
+        pool = replica.pool  # type: ignore[attr-defined]  # tables hold PooledReplica (endpoints.py)
         if pool is None:
             self.deployment.slots.release(replica)
             return
