@@ -75,6 +75,7 @@ ANSWER = (
     b"Content-Type: application/json\r\nContent-Length: 17\r\nConnection: keep-alive\r\n\r\n"
     + b'{"ok":true,"n":1}'
 )
+REPLICA_PORT = 5603  # the first replica's (more replicas: the ports after it)
 CONFIG = {
     "server": {"access_log": False},
     "endpoints": [
@@ -85,16 +86,13 @@ CONFIG = {
             "deployments": [
                 {
                     "name": "dep",
-                    "urls": ["http://127.0.0.1:5603"],
+                    "urls": [f"http://127.0.0.1:{REPLICA_PORT}"],
                     "request_settings": {"max_concurrent_requests_per_instance": 1000},
                 }
             ],
         }
     ],
 }
-
-
-REPLICA_PORT = 5603
 
 
 def _config(endpoints: int) -> dict:

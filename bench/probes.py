@@ -103,9 +103,8 @@ async def one_probe_cost(probes: int, kept: bool) -> float:
     server = await loop.create_server(_KeepAliveServer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     pools = UpstreamPools()
-    pools.attach("127.0.0.1", port)
+    pool = pools.attach("127.0.0.1", port)
     if kept:
-        pool = pools.by_address[f"127.0.0.1:{port}"]
         _, conn = await loop.create_connection(lambda: UpstreamConnection(pool), "127.0.0.1", port)
         pool.release(conn)
         KeptConnections.for_running_loop().add(partial(probe_on_idle_connection, pools, Limits()))

@@ -125,8 +125,7 @@ class DeploymentState:
     # -- ReplicaEvents (called by the runtime) ----------------------------------------------
 
     def replica_added(self, name: str, host: str, port: int) -> None:
-        self._pools.attach(host, port)
-        self.table.add(PooledReplica(name, host, port, self.pools[f"{host}:{port}"]))
+        self.table.add(PooledReplica(name, host, port, self._pools.attach(host, port)))
 
     def replica_ready(self, name: str, ready: bool) -> None:
         if name in self.table.replicas:  # a draining replica stays out (SlotTable.drain)

@@ -559,8 +559,8 @@ class Exchange:
             self.client.write(data)
             # Until the answer's head is written, a broken answer can still become a clean 502.
             self.resp_head_sent = self.resp_started
-            if self.client.write_paused and self.upconn is not None:
-                self.upconn.transport.pause_reading()  # type: ignore[union-attr]
+            if self.client.write_paused:
+                self.client_write_paused()
 
     def client_write_paused(self) -> None:
         if self.upconn is not None and self.upconn.transport is not None:

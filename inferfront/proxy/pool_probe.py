@@ -72,8 +72,7 @@ class PoolProbe:
         conn = self.conn
         self.conn = None
         if conn is not None:
-            conn.abort()
-            conn.pool.forget(conn)
+            conn.abort()  # a borrowed connection is in no idle list; connection_lost forgets it
 
     def _settle(self, status: int | None) -> None:
         if not self.status.done():

@@ -389,11 +389,14 @@ class UpstreamPools:
         self.by_address: dict[str, UpstreamPool] = {}
         self._users: dict[str, int] = {}
 
-    def attach(self, host: str, port: int) -> None:
+    def attach(self, host: str, port: int) -> UpstreamPool:
+        """One more user of the pool to host:port (made on first use); returns the pool."""
         address = f"{host}:{port}"
-        if address not in self.by_address:
-            self.by_address[address] = UpstreamPool(host, port)
+        pool = self.by_address.get(address)
+        if pool is None:
+            pool = self.by_address[address] = UpstreamPool(host, port)
         self._users[address] = self._users.get(address, 0) + 1
+        return pool
 
     def detach(self, address: str) -> None:
         users = self._users.get(address, 0) - 1

@@ -22,19 +22,6 @@ healthy = scripted(lambda connection, request: OK)
 first_answers_twice = scripted(lambda connection, request: TWO_ANSWERS if connection == 0 else OK)
 
 
-async def _idle_connections(kept: Kept, count: int) -> list[UpstreamConnection]:
-    loop = asyncio.get_running_loop()
-    conns = []
-    for _ in range(count):
-        _, conn = await loop.create_connection(
-            lambda: UpstreamConnection(kept.pool), "127.0.0.1", kept.server.port
-        )
-        kept.pool.release(conn)
-        conns.append(conn)
-    assert kept.pool.idle == conns
-    return conns
-
-
 def _probe_kept(kept: Kept) -> tuple[UpstreamConnection, asyncio.Future[int | None]]:
     """Send a probe on the pool's next idle connection: (that connection, the status)."""
     conn = kept.pool.idle[-1]
@@ -48,7 +35,7 @@ def _probe_kept(kept: Kept) -> tuple[UpstreamConnection, asyncio.Future[int | No
 async def test_kept_connections_take_turns_with_one_reader_and_hold_none_between_answers(
     healthy: Kept,
 ) -> None:
-    conns = await _idle_connections(healthy, 20)
+    conns = await healthy.add_idle_connections(20)
     assert all(conn.reader is None for conn in conns)
     readers = set()
     for _ in range(40):
@@ -63,7 +50,7 @@ async def test_kept_connections_take_turns_with_one_reader_and_hold_none_between
 
 
 async def test_answers_under_way_at_once_each_have_their_own_reader(healthy: Kept) -> None:
-    await _idle_connections(healthy, 8)
+    await healthy.add_idle_connections(8)
     probes = [_probe_kept(healthy) for _ in range(8)]
     assert len({id(conn.reader) for conn, _ in probes}) == 8
     assert await asyncio.gather(*(status for _, status in probes)) == [200] * 8
@@ -74,7 +61,7 @@ async def test_a_reader_stopped_mid_answer_goes_with_its_connection(
     first_answers_twice: Kept,
 ) -> None:
     kept = first_answers_twice
-    await _idle_connections(kept, 1)
+    await kept.add_idle_connection()
     conn, status = _probe_kept(kept)
     stopped = conn.reader
     assert await status == 200  # the first answer counts; the second put the connection out of step
@@ -83,6 +70,6 @@ async def test_a_reader_stopped_mid_answer_goes_with_its_connection(
     assert all(reader is not stopped for reader in upstream._IDLE_READERS)
     # The next answer, on another connection, is read by a clean reader (the stopped one, lent
     # again, would fail at its first byte).
-    await _idle_connections(kept, 1)
+    await kept.add_idle_connection()
     _, status = _probe_kept(kept)
     assert await status == 200

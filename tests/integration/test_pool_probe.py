@@ -36,13 +36,20 @@ class Kept:
     pool: UpstreamPool
 
     async def add_idle_connection(self) -> UpstreamConnection:
+        return (await self.add_idle_connections(1))[0]
+
+    async def add_idle_connections(self, count: int) -> list[UpstreamConnection]:
+        """Open `count` connections to the server and put them in the pool, idle."""
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            lambda: UpstreamConnection(self.pool), "127.0.0.1", self.server.port
-        )
-        self.pool.release(conn)
-        assert self.pool.idle == [conn]
-        return conn
+        conns = []
+        for _ in range(count):
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(self.pool), "127.0.0.1", self.server.port
+            )
+            self.pool.release(conn)
+            conns.append(conn)
+        assert self.pool.idle == conns
+        return conns
 
     async def probe(self, timeout: float = 2.0, reuse: bool = True) -> bool:
         return await probe_http("127.0.0.1", self.server.port, "/health", timeout, reuse=reuse)
@@ -58,11 +65,11 @@ def scripted(script: Callable[[int, int], bytes | None]):
     async def fixture() -> AsyncIterator[Kept]:
         async with ScriptedServer(script) as server:
             pools = UpstreamPools()
-            pools.attach("127.0.0.1", server.port)
+            pool = pools.attach("127.0.0.1", server.port)
             lender = partial(probe_on_idle_connection, pools, Limits())
             KeptConnections.for_running_loop().add(lender)
             try:
-                yield Kept(server, pools, pools.by_address[f"127.0.0.1:{server.port}"])
+                yield Kept(server, pools, pool)
             finally:
                 KeptConnections.for_running_loop().remove(lender)
                 pools.close()
